@@ -1,0 +1,92 @@
+"""Prompt rendering: how a slice's consensus points are shown to a given SAM backend.
+
+Box backends (LiteMedSAM ignores point-only prompts): points are grouped by the connected region of
+``S_t > tau`` they fall in; each group becomes one box spanning its region (limited to a few
+structure radii around its points) and its points, plus a margin. Points on non-salient pixels
+(raw baseline, peak fallback) are grouped by proximity and get a box of the structure's typical
+size measured from the saliency maps - never a constant. Each box is decoded separately; the masks
+are united. Point backends get each group's points (optionally with the box).
+
+Measured on the CTA demo slices: LiteMedSAM with box+points scored lower than box alone, so box
+backends use boxes only by default.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial.distance import pdist, squareform
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    points_rc: np.ndarray  # (N, 2) row, col
+    box_rc: tuple[float, float, float, float] | None  # r0, c0, r1, c1 (inclusive pixel bounds)
+
+
+def _box(region_rc: np.ndarray, shape: tuple[int, int], margin_px: float) -> tuple[float, float, float, float]:
+    r0, c0 = region_rc.min(0) - margin_px
+    r1, c1 = region_rc.max(0) + margin_px
+    return (float(max(r0, 0)), float(max(c0, 0)), float(min(r1, shape[0] - 1)), float(min(c1, shape[1] - 1)))
+
+
+def structure_radius_px(saliency: dict[int, np.ndarray], points: dict[int, list], tau: float,
+                        default_px: float) -> float:
+    """Typical radius (px) of the structure: median distance from the prompt points to the edge of
+    the salient region holding them. Inscribed distances stay right when a region leaks into a
+    neighbour of similar appearance, unlike region areas."""
+    radii = []
+    for t, pts in points.items():
+        if t not in saliency or not pts:
+            continue
+        inside = ndimage.distance_transform_edt(saliency[t] > tau)
+        radii.extend(float(inside[p.pixel]) for p in pts if inside[p.pixel] > 0)
+    return float(np.median(radii)) if radii else default_px
+
+
+def render(points: list, saliency: np.ndarray, tau: float, radius_px: float, mode: str = "box",
+           with_points: bool = False, margin_fraction: float = 0.1, min_margin_px: float = 2.0,
+           reach: float = 1.75) -> list[RenderedPrompt]:
+    """Prompts for one slice. ``points`` have ``row``, ``col`` and ``pixel``."""
+    if not points:
+        return []
+    shape = saliency.shape
+    labels, _ = ndimage.label(saliency > tau)
+    groups: dict[tuple, list] = {}
+    loose = []
+    for p in points:
+        lab = labels[min(max(p.pixel[0], 0), shape[0] - 1), min(max(p.pixel[1], 0), shape[1] - 1)]
+        if lab:
+            groups.setdefault(("region", int(lab)), []).append(p)
+        else:
+            loose.append(p)
+    if loose:
+        rc = np.array([[p.row, p.col] for p in loose])
+        if len(rc) == 1:
+            ids = np.zeros(1, dtype=int)
+        else:
+            _, ids = connected_components(squareform(pdist(rc)) < 2 * radius_px, directed=False)
+        for p, g in zip(loose, ids):
+            groups.setdefault(("loose", int(g)), []).append(p)
+
+    rr, cc = np.mgrid[: shape[0], : shape[1]]
+    out = []
+    for (kind, lab), pts in groups.items():
+        rc = np.array([[p.row, p.col] for p in pts])
+        if kind == "region":
+            near = np.zeros(shape, dtype=bool)
+            for r, c in rc:
+                near |= (rr - r) ** 2 + (cc - c) ** 2 <= (reach * radius_px) ** 2
+            region = np.argwhere((labels == lab) & near)
+            extent = np.vstack([region, rc])
+        else:
+            extent = np.vstack([rc - radius_px, rc + radius_px])
+        size = float(np.max(extent.max(0) - extent.min(0)))
+        box = _box(extent, shape, max(min_margin_px, margin_fraction * size))
+        if mode == "box":
+            out.append(RenderedPrompt(rc if with_points else np.empty((0, 2)), box))
+        else:
+            out.append(RenderedPrompt(rc, box if with_points else None))
+    return out

@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+
+from SPDSegmentLib.centerline import PromptPoint
+from SPDSegmentLib.cpd import distill_slice
+
+
+def _maps(n=5, shape=(20, 20)):
+    return {t: np.zeros(shape, np.float32) for t in range(n)}
+
+
+def test_point_on_non_salient_pixel_is_rejected_and_salient_one_kept():
+    sal = _maps()
+    sal[2][5, 5] = 0.9
+    prompts = {2: [PromptPoint(2, 5, 5), PromptPoint(2, 15, 15)]}
+    d = distill_slice(2, prompts, sal, tau=0.5, context=2)
+    assert [(p.row, p.col) for p in d.with_status("kept")] == [(5, 5)]
+    assert [(p.row, p.col) for p in d.with_status("rejected")] == [(15, 15)]
+
+
+def test_neighbour_point_salient_on_both_slices_is_borrowed_and_one_salient_on_one_is_not():
+    sal = _maps()
+    sal[1][8, 8] = sal[2][8, 8] = 0.8  # salient on its own slice AND on t -> borrowed
+    sal[3][12, 12] = 0.8  # salient on its own slice only -> not borrowed
+    sal[2][4, 4] = 0.8  # salient on t only, not on its own slice 0 -> not borrowed
+    prompts = {1: [PromptPoint(1, 8, 8)], 3: [PromptPoint(3, 12, 12)], 0: [PromptPoint(0, 4, 4)]}
+    d = distill_slice(2, prompts, sal, tau=0.5, context=2)
+    borrowed = d.with_status("borrowed")
+    assert [(p.row, p.col, p.source_slice) for p in borrowed] == [(8, 8, 1)]
+    assert "empty-consensus" not in d.flags
+
+
+def test_context_limits_borrowing_and_window_is_clipped_at_the_edge():
+    sal = _maps(6)
+    for t in range(6):
+        sal[t][:] = 1.0
+    prompts = {0: [PromptPoint(0, 3, 3)], 5: [PromptPoint(5, 9, 9)]}
+    assert len(distill_slice(2, prompts, sal, context=2).with_status("borrowed")) == 1  # slice 0 only
+    assert len(distill_slice(1, prompts, sal, context=1).with_status("borrowed")) == 1
+    assert len(distill_slice(2, prompts, sal, context=1).consensus) == 0
+
+
+def test_duplicates_are_removed_and_empty_slices_flagged_or_given_the_peak():
+    sal = _maps()
+    for t in sal:
+        sal[t][6, 6] = 0.9
+    sal[2][10, 10] = 0.95
+    prompts = {1: [PromptPoint(1, 6, 6)], 3: [PromptPoint(3, 6.4, 6)], 2: [PromptPoint(2, 18, 18)]}
+    d = distill_slice(2, prompts, sal, context=2)
+    assert len(d.with_status("borrowed")) == 1  # 6.4 is within 1 px of the first borrowed point
+    sal[2][6, 6] = 0.0
+    empty = distill_slice(2, prompts, sal, context=2)
+    assert empty.consensus == [] and "empty-consensus" in empty.flags
+    peak = distill_slice(2, prompts, sal, context=2, fallback="peak", fallback_radius_px=10)
+    assert [(p.row, p.col, p.status) for p in peak.consensus] == [(10, 10, "fallback")]
+
+
+def test_raw_mode_keeps_everything_and_bad_parameters_are_refused():
+    sal = _maps()
+    prompts = {2: [PromptPoint(2, 1, 1), PromptPoint(2, 2, 2)]}
+    assert len(distill_slice(2, prompts, sal, mode="raw").consensus) == 2
+    with pytest.raises(ValueError, match="mode"):
+        distill_slice(2, prompts, sal, mode="nonsense")
