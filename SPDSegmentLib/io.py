@@ -226,7 +226,7 @@ def read_markups(path: str | Path) -> Centerline:
     closed = kind == "ClosedCurve"
     if closed:
         ras = np.vstack([ras, ras[:1]])
-    return Centerline(ras, ordered=kind != "Fiducial", name=markup.get("name", path.stem))
+    return Centerline(ras, ordered=kind != "Fiducial", name=markup.get("name") or path.name.split(".")[0])
 
 
 def markups_document(kind: str, name: str, ras: np.ndarray, labels: list[str] | None = None,

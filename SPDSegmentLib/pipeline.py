@@ -139,11 +139,12 @@ def segment(volume: Volume, centerline: Centerline, backend, prior: SaliencyPrio
     timings["prompts"] = time.perf_counter() - t0
 
     tau = prior.default_tau if params.tau is None else params.tau
-    needs_embeddings = prior.needs_embeddings
+    to_encode = {"none": [], "prompted": [t for t in processed if t in prompts], "all": processed}[prior.embeds]
+    needs_embeddings = bool(to_encode)
     if needs_embeddings:
-        for i, t in enumerate(processed):
+        for i, t in enumerate(to_encode):
             _check_cancel(cancel)
-            report(0.5 * i / len(processed), f"encoding slice {t}")
+            report(0.5 * i / len(to_encode), f"encoding slice {t}")
             t1 = time.perf_counter()
             backend.embed(slices_u8[t])
             timings["encode"] += time.perf_counter() - t1

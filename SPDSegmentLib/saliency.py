@@ -4,12 +4,13 @@ Two implementations share one contract so CPD never needs to know which one it g
 
 * :class:`TrainedSaliencyPrior` - the paper's stage 1: a light head on SAM image embeddings,
   trained per structure (``train-prior``), stored with the identity of the SAM checkpoint it saw.
-* :class:`SamVotePrior` (default training-free prior) - SAM's own masks, voted across slices. For
-  slice t, every point of slices t-w..t+w is carried to t at its in-plane position (nearby points
-  merged); each gives a box-prompted SAM mask on slice t, the box scale chosen among a few sizes
-  by SAM's own predicted IoU (so the size comes from the image). A pixel's saliency is the
-  fraction of the window's slices (those with points) whose points' masks cover it. The true
-  structure is covered from most slices; a drift stretch or a distractor only from its own few.
+* :class:`SamVotePrior` (default training-free prior) - SAM's own masks, voted across slices. Each
+  slice k with points gets one box-prompted SAM mask per point cluster (nearby points merged), the
+  box scale chosen among a few sizes by SAM's own predicted IoU (so the size comes from the image,
+  not a constant). A pixel of slice t is as salient as the fraction of the slices t-w..t+w (those
+  with points) whose masks cover it at the same in-plane position. The true structure is covered
+  from most slices of the window; a drift stretch or a distractor only from its own few. Each
+  slice is decoded once for its own points, so the cost is a few decoder calls per slice.
 * :class:`AppearanceTrackPrior` - training-free and SAM-free (cheap), for homogeneous structures:
     1. *Appearance.* The target's intensity is estimated robustly from the centerline itself: the
        median of the (3x3-median) intensities at all prompt points, spread = 1.4826 * MAD. Most
@@ -56,7 +57,7 @@ class PriorInputs:
 class SaliencyPrior(Protocol):
     name: str
     default_tau: float
-    needs_embeddings: bool  # True: the pipeline encodes every processed slice first
+    embeds: str  # slices whose SAM embeddings it reads: "none", "prompted" (with points) or "all"
 
     def compute(self, inputs: PriorInputs, slice_indices: list[int]) -> dict[int, np.ndarray]:
         """One float32 map in [0, 1] per requested slice, shaped like the slice."""
@@ -73,7 +74,7 @@ class AppearanceTrackPrior:
     smoothing_px: float = 0.75
     name: str = "intensity"
     default_tau: float = 0.5
-    needs_embeddings: bool = False
+    embeds: str = "none"
     stats: dict = field(default_factory=dict)
 
     def _appearance_model(self, slices: np.ndarray, prompts: SlicePrompts) -> tuple[float, float]:
@@ -153,7 +154,7 @@ class SamVotePrior:
     merge_mm: float = 5.0
     name: str = "sam-votes"
     default_tau: float = 0.5
-    needs_embeddings: bool = True
+    embeds: str = "prompted"
     stats: dict = field(default_factory=dict)
 
     def _best_masks(self, backend, emb, centres: np.ndarray, shape, spacing) -> np.ndarray:
@@ -174,40 +175,34 @@ class SamVotePrior:
                 out[i] = masks[i, int(np.argmax(np.where(valid, scores[i], -np.inf)))]
         return out
 
+    def _slice_mask(self, backend, inputs: PriorInputs, k: int, shape, spacing) -> np.ndarray:
+        """Union of the best masks of slice k's own point clusters, decoded on slice k."""
+        centres: list[np.ndarray] = []
+        for p in inputs.prompts[k]:
+            pos = np.array([p.row, p.col])
+            if all(np.linalg.norm((c - pos) * spacing) > self.merge_mm for c in centres):
+                centres.append(pos)
+        masks = self._best_masks(backend, backend.embed(inputs.slices_u8[k]), np.array(centres), shape, spacing)
+        self.stats["decodes"] = self.stats.get("decodes", 0) + len(centres) * len(self.half_sizes_mm)
+        return masks.any(axis=0)
+
     def compute(self, inputs: PriorInputs, slice_indices: list[int]) -> dict[int, np.ndarray]:
         backend = inputs.backend
         if backend is None:
             raise ValueError("the sam-votes prior needs a SAM backend")
         spacing = np.asarray(inputs.volume.in_plane_spacing)
         shape = inputs.volume.slice_shape
+        self.stats = {"decodes": 0}
+        own: dict[int, np.ndarray] = {}
         out: dict[int, np.ndarray] = {}
-        decodes = 0
         for t in slice_indices:
-            window = [k for k in range(t - self.window, t + self.window + 1) if k in inputs.prompts]
-            votes = np.zeros(shape, dtype=np.float32)
-            if window:
-                emb = backend.embed(inputs.slices_u8[t])
-                # merge nearby in-plane positions; remember which source slices each cluster has
-                clusters: list[tuple[np.ndarray, set[int]]] = []
-                for k in window:
-                    for p in inputs.prompts[k]:
-                        pos = np.array([p.row, p.col])
-                        for centre, sources in clusters:
-                            if np.linalg.norm((centre - pos) * spacing) <= self.merge_mm:
-                                sources.add(k)
-                                break
-                        else:
-                            clusters.append((pos, {k}))
-                covered = [np.zeros(shape, dtype=bool) for _ in window]
-                index = {k: i for i, k in enumerate(window)}
-                masks = self._best_masks(backend, emb, np.array([c for c, _ in clusters]), shape, spacing)
-                decodes += len(clusters) * len(self.half_sizes_mm)
-                for mask, (_, sources) in zip(masks, clusters):
-                    for k in sources:
-                        covered[index[k]] |= mask
-                votes = np.mean(covered, axis=0).astype(np.float32)
-            out[t] = votes
-        self.stats = {"decodes": decodes}
+            window = [k for k in range(t - self.window, t + self.window + 1)
+                      if k in inputs.prompts and k in inputs.slices_u8]
+            for k in window:
+                if k not in own:
+                    own[k] = self._slice_mask(backend, inputs, k, shape, spacing)
+            out[t] = (np.mean([own[k] for k in window], axis=0).astype(np.float32) if window
+                      else np.zeros(shape, dtype=np.float32))
         return out
 
 
@@ -249,7 +244,7 @@ class TrainedSaliencyPrior:
     head: object
     metadata: dict
     name: str = "trained"
-    needs_embeddings: bool = True
+    embeds: str = "all"
 
     @property
     def default_tau(self) -> float:

@@ -33,6 +33,14 @@ def cta_slab(cta):
 
 
 @pytest.fixture(scope="session")
+def cta_centerline(cta):
+    """Reference centerline of the whole CTA aorta (label skeleton)."""
+    from SPDSegmentLib.skeleton import centerline_from_label
+
+    return centerline_from_label(*cta)
+
+
+@pytest.fixture(scope="session")
 def backend():
     from SPDSegmentLib.sam_backend import load_backend
 
