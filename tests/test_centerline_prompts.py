@@ -4,7 +4,7 @@ from SPDSegmentLib.centerline import Centerline, prompt_extent, slice_prompts
 from SPDSegmentLib.skeleton import centerline_from_label
 from SPDSegmentLib.volume import Volume
 
-from conftest import oblique_flipped_geometry
+from _helpers import oblique_flipped_geometry
 
 
 def _vol(m=None, shape=(20, 30, 40)):

@@ -10,7 +10,7 @@ from SPDSegmentLib.cli import main
 from SPDSegmentLib.io import read_segmentation, write_centerline, write_volume
 from SPDSegmentLib.metrics import dice
 
-from conftest import crop_slices
+from _helpers import crop_slices
 
 
 def test_segment_command_writes_a_slicer_segmentation_prompts_saliency_and_png(cta, cta_centerline, tmp_path, capsys):

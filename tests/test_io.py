@@ -10,7 +10,7 @@ from SPDSegmentLib.io import (InputError, read_label, read_markups, read_segment
                               write_centerline, write_segmentation)
 from SPDSegmentLib.volume import Volume
 
-from conftest import oblique_flipped_geometry
+from _helpers import oblique_flipped_geometry
 
 
 def _vol():

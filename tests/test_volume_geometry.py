@@ -4,7 +4,7 @@ import SimpleITK as sitk
 from SPDSegmentLib.io import read_volume, write_volume
 from SPDSegmentLib.volume import Volume
 
-from conftest import oblique_flipped_geometry
+from _helpers import oblique_flipped_geometry
 
 
 def test_ras_ijk_round_trip_is_exact_on_oblique_flipped_anisotropic_geometry():

