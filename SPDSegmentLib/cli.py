@@ -94,6 +94,28 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     _add_engine_options(p)
 
+    p = sub.add_parser("build-cases", help="write an evaluation case folder from the fetched real sample data",
+                       description="Writes DIR/<case>/image + label.nii.gz + case.json for the CTA aorta and every "
+                                   "tubular label (aorta, IVC, colon, small bowel, ...) of the abdominal CT, CT-DICOM "
+                                   "and MRI samples with enough labelled slices.")
+    p.add_argument("--out", type=Path, required=True, help="case folder to write")
+    p.add_argument("--min-slices", type=int, default=10, help="skip labels on fewer slices (default 10)")
+
+    p = sub.add_parser("evaluate", help="compare raw prompts, baselines and SPD on a folder of cases",
+                       description="Cases: DIR/<case>/image.(nii.gz|nrrd|mha) or image/ (DICOM), label.(nii.gz|nrrd|"
+                                   "seg.nrrd), optional centerline.mrk.json (else simulated from the label), optional "
+                                   "case.json. Writes OUT/results.csv, OUT/report.md and PNG figures.")
+    p.add_argument("--cases", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--methods", nargs="+", default=None, help="subset of: raw random box local spd spd+psc "
+                                                                  "spd-prior2 label-box (default: all)")
+    p.add_argument("--severity", nargs="+", default=["clinical"], help="mild clinical severe (default clinical)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--label-value", type=int, default=None, help="label value of the target in multi-label maps")
+    p.add_argument("--second-prior", default=None, help="trained prior.pt for the spd-prior2 method "
+                                                        "(default: the intensity prior)")
+    _add_engine_options(p)
+
     p = sub.add_parser("fetch-data", help="set-up step: fetch the real sample data through pip (once)",
                        description="Downloads the TotalSegmentator 2.18.0 source distribution with pip, "
                                    "verifies its sha256 and extracts the test volumes and labels into the cache "
@@ -168,6 +190,20 @@ def main(argv: list[str] | None = None) -> int:
             from .demo import run_demo
 
             return run_demo(args)
+        if args.command == "build-cases":
+            from .cases import build_sample_cases
+
+            build_sample_cases(args.out, args.min_slices)
+            return 0
+        if args.command == "evaluate":
+            from .evaluation import METHODS, EvalConfig, run_evaluation
+
+            backend, _ = _backend_and_prior(args)
+            config = EvalConfig(methods=tuple(args.methods or METHODS), severities=tuple(args.severity),
+                                seed=args.seed, label_value=args.label_value, prior=args.prior,
+                                second_prior=args.second_prior, tau=args.tau, context=args.context)
+            run_evaluation(args.cases, args.out, backend, config)
+            return 0
         if args.command == "fetch-data":
             from .sample_data import fetch
 

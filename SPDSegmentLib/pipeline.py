@@ -70,6 +70,7 @@ class SegmentationResult:
     params: SegmentParams
     timings: dict[str, float] = field(default_factory=dict)
     encode_calls: int = 0
+    saliency_maps: dict[int, np.ndarray] = field(default_factory=dict)  # per processed slice
 
     def counts(self) -> dict[str, int]:
         out = {"kept": 0, "rejected": 0, "borrowed": 0, "fallback": 0, "empty_slices": 0}
@@ -114,12 +115,13 @@ def _keep_supported(mask: np.ndarray, previous: np.ndarray, points, reach_px: fl
 
 def segment(volume: Volume, centerline: Centerline, backend, prior: SaliencyPrior,
             params: SegmentParams | None = None, progress: ProgressCallback | None = None,
-            cancel: CancelCheck | None = None) -> SegmentationResult:
+            cancel: CancelCheck | None = None, saliency: dict[int, np.ndarray] | None = None) -> SegmentationResult:
     """Segment the structure a (noisy) centerline runs through.
 
     ``backend`` is a :class:`~SPDSegmentLib.sam_backend.SamBackend`; ``prior`` any
     :class:`~SPDSegmentLib.saliency.SaliencyPrior`. ``progress(fraction, message)`` is called per
-    slice; ``cancel()`` returning True stops the run with :class:`Cancelled`.
+    slice; ``cancel()`` returning True stops the run with :class:`Cancelled`. ``saliency`` reuses the
+    per-slice maps of an earlier run on the same prompts (``result.saliency_maps``), skipping the prior.
     """
     params = params or SegmentParams()
     params.validate()
@@ -140,6 +142,8 @@ def segment(volume: Volume, centerline: Centerline, backend, prior: SaliencyPrio
 
     tau = prior.default_tau if params.tau is None else params.tau
     to_encode = {"none": [], "prompted": [t for t in processed if t in prompts], "all": processed}[prior.embeds]
+    if saliency is not None:
+        to_encode = []
     needs_embeddings = bool(to_encode)
     if needs_embeddings:
         for i, t in enumerate(to_encode):
@@ -151,7 +155,10 @@ def segment(volume: Volume, centerline: Centerline, backend, prior: SaliencyPrio
 
     report(0.5 if needs_embeddings else 0.0, "computing the saliency prior")
     t1 = time.perf_counter()
-    saliency = prior.compute(PriorInputs(volume, slices_u8, prompts, backend, window.preset), processed)
+    if saliency is None:
+        saliency = prior.compute(PriorInputs(volume, slices_u8, prompts, backend, window.preset), processed)
+    elif not set(processed) <= set(saliency):
+        raise ValueError("the given saliency maps do not cover the slices this run processes")
     timings["saliency"] = time.perf_counter() - t1
     _check_cancel(cancel)
 
@@ -203,4 +210,4 @@ def segment(volume: Volume, centerline: Centerline, backend, prior: SaliencyPrio
         sal_src[t] = m
     return SegmentationResult(volume, volume.to_array_order(out).copy(), volume.to_array_order(sal_src).copy(),
                               prompts, decisions, processed, tau, params, timings,
-                              backend.encode_calls - encodes_before)
+                              backend.encode_calls - encodes_before, saliency)
