@@ -92,15 +92,22 @@ class SPDSegmentLogic:
         return Centerline(np.asarray(points, dtype=float), ordered, markupsNode.GetName())
 
     # --- engine ---------------------------------------------------------------------------------
-    def backend(self, name: str = "litemedsam", checkpoint: str | None = None, device: str = "auto"):
-        key = (name, checkpoint or "", device)
+    def backend(self, name: str = "litemedsam", checkpoint: str | None = None, device: str = "auto",
+                decoder: str | None = None):
+        """The SAM backend, loaded once and kept (its embedding cache with it)."""
+        key = (name, checkpoint or "", device, decoder or "")
         if key not in self._backends:
             from SPDSegmentLib.embedding_cache import EmbeddingCache
             from SPDSegmentLib.sam_backend import load_backend
 
             loader = self._backend_loader or load_backend
-            self._backends = {key: loader(name, checkpoint or None, device,
-                                          EmbeddingCache(folder=self.cache_dir) if self.cache_dir else None)}
+            backend = loader(name, checkpoint or None, device,
+                             EmbeddingCache(folder=self.cache_dir) if self.cache_dir else None)
+            if decoder:
+                from SPDSegmentLib.decoder_training import load_decoder
+
+                load_decoder(backend, decoder)
+            self._backends = {key: backend}
         return self._backends[key]
 
     def clearCache(self) -> int:
@@ -111,7 +118,7 @@ class SPDSegmentLogic:
 
     def process(self, volumeNode, centerlineNode, segmentationNode=None, segmentName: str = "SPD",
                 method: str = "spd", backend: str = "litemedsam", checkpoint: str | None = None,
-                prior: str = "sam-votes", tau: float | None = None, context: int = 2, consistency: bool = False,
+                decoder: str | None = None, prior: str = "sam-votes", tau: float | None = None, context: int = 2, consistency: bool = False,
                 fallback: str = "empty", intensityPreset: str = "auto", device: str = "auto",
                 showSaliency: bool = False, showPrompts: bool = True,
                 progress: Callable[[float, str], None] | None = None,
@@ -138,7 +145,7 @@ class SPDSegmentLogic:
             params.validate()
         except ValueError as exc:
             raise SPDInputError(str(exc)) from exc
-        engine_backend = self.backend(backend, checkpoint, device)
+        engine_backend = self.backend(backend, checkpoint, device, decoder)
         engine_prior = (self._prior_loader or load_prior)(prior, engine_backend)
         result = segment(volume, centerline, engine_backend, engine_prior, params, progress, cancel)
         return self._writeResults(result, volumeNode, segmentationNode, segmentName.strip(),

@@ -53,6 +53,7 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backend", choices=BACKENDS, default="litemedsam",
                    help="litemedsam: bundled LiteMedSAM (default); sam_vit_b/l/h: official SAM, needs --checkpoint")
     g.add_argument("--checkpoint", type=Path, help="SAM checkpoint file (official SAM); never downloaded")
+    g.add_argument("--decoder", type=Path, help="mask decoder fine-tuned by train-decoder (enables point prompts)")
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     g.add_argument("--cache-dir", type=Path, help="folder that keeps image embeddings between runs")
 
@@ -116,6 +117,37 @@ def _build_parser() -> argparse.ArgumentParser:
                                                         "(default: the intensity prior)")
     _add_engine_options(p)
 
+    p = sub.add_parser("train-prior", help="train the saliency head (stage 1) on labelled cases",
+                       description="Trains the saliency head on frozen SAM image embeddings (cached on disk) with "
+                                   "Dice + Focal loss, split by case, early stopping; writes prior.pt and PNGs of the "
+                                   "loss curves and of validation saliency maps.")
+    p.add_argument("--cases", type=Path, required=True, help="case folder (see evaluate)")
+    p.add_argument("--out", type=Path, required=True, help="output prior file, e.g. prior.pt")
+    p.add_argument("--val-cases", nargs="*", default=(), help="case names held out for validation")
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", default="litemedsam")
+    p.add_argument("--checkpoint", type=Path)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "spdsegment" / "embeddings",
+                   help="embedding cache folder (default ~/.cache/spdsegment/embeddings)")
+
+    p = sub.add_parser("train-decoder", help="fine-tune SAM's mask decoder on consensus prompts with PSC (stage 2)",
+                       description="Fine-tunes only the mask decoder on CPD consensus point prompts from simulated "
+                                   "noisy centerlines; loss Dice + Focal + lambda * PSC (one direction). Reports "
+                                   "point-only validation Dice before and after.")
+    p.add_argument("--cases", type=Path, required=True)
+    p.add_argument("--prior", required=True, help="prior.pt from train-prior, or sam-votes / intensity")
+    p.add_argument("--out", type=Path, required=True, help="output decoder file, e.g. decoder.pt")
+    p.add_argument("--val-cases", nargs="*", default=())
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--lambda-psc", type=float, default=0.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", default="litemedsam")
+    p.add_argument("--checkpoint", type=Path)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "spdsegment" / "embeddings")
+
     p = sub.add_parser("fetch-data", help="set-up step: fetch the real sample data through pip (once)",
                        description="Downloads the TotalSegmentator 2.18.0 source distribution with pip, "
                                    "verifies its sha256 and extracts the test volumes and labels into the cache "
@@ -131,6 +163,10 @@ def _backend_and_prior(args):
 
     cache = EmbeddingCache(folder=args.cache_dir) if args.cache_dir else None
     backend = load_backend(args.backend, args.checkpoint, args.device, cache)
+    if getattr(args, "decoder", None):
+        from .decoder_training import load_decoder
+
+        load_decoder(backend, args.decoder)
     return backend, load_prior(args.prior, backend)
 
 
@@ -203,6 +239,31 @@ def main(argv: list[str] | None = None) -> int:
                                 seed=args.seed, label_value=args.label_value, prior=args.prior,
                                 second_prior=args.second_prior, tau=args.tau, context=args.context)
             run_evaluation(args.cases, args.out, backend, config)
+            return 0
+        if args.command == "train-prior":
+            from .embedding_cache import EmbeddingCache
+            from .sam_backend import load_backend
+            from .training import TrainConfig, train_prior, write_summary
+
+            backend = load_backend(args.backend, args.checkpoint, args.device, EmbeddingCache(folder=args.cache_dir))
+            config = TrainConfig(epochs=args.epochs, seed=args.seed, val_cases=tuple(args.val_cases))
+            summary = train_prior(args.cases, args.out, backend, config, png_dir=args.out.parent,
+                                  progress=lambda e, t, v: print(f"epoch {e + 1}: train {t:.4f}  val {v:.4f}",
+                                                                 file=sys.stderr))
+            write_summary(summary, args.out.with_suffix(".json"))
+            print(json.dumps(summary, indent=2, default=float))
+            return 0
+        if args.command == "train-decoder":
+            from .decoder_training import train_decoder
+            from .embedding_cache import EmbeddingCache
+            from .saliency import load_prior
+            from .sam_backend import load_backend
+
+            backend = load_backend(args.backend, args.checkpoint, args.device, EmbeddingCache(folder=args.cache_dir))
+            summary = train_decoder(args.cases, args.out, backend, load_prior(args.prior, backend),
+                                    tuple(args.val_cases), args.epochs, lambda_psc=args.lambda_psc, seed=args.seed,
+                                    progress=lambda e, l: print(f"epoch {e + 1}: loss {l:.4f}", file=sys.stderr))
+            print(json.dumps(summary, indent=2, default=float))
             return 0
         if args.command == "fetch-data":
             from .sample_data import fetch

@@ -151,7 +151,7 @@ class SamBackend:
             return cached
         import torch
 
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: cached features must be usable in training graphs
             self.predictor.set_image(slice_to_rgb(slice_u8), image_format="RGB")
             emb = SliceEmbedding(self.predictor.features.detach().to("cpu"),
                                  tuple(self.predictor.original_size), tuple(self.predictor.input_size))

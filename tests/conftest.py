@@ -6,6 +6,8 @@ import pytest
 from SPDSegmentLib import sample_data
 from SPDSegmentLib.io import read_label, read_volume
 
+from _helpers import crop_slices
+
 
 @pytest.fixture(scope="session")
 def cta():
