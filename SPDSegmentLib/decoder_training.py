@@ -147,20 +147,10 @@ def train_decoder(cases_dir, out, backend, prior, val_cases: tuple[str, ...] = (
 
 def load_decoder(backend, path) -> dict:
     """Load a fine-tuned mask decoder into ``backend`` (same SAM checkpoint only); point prompts on."""
-    import torch
-
+    from .model_files import read_model_file
     from .sam_backend import CheckpointError
 
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"decoder file not found: {path}")
-    try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path} is not a readable decoder file ({type(exc).__name__})") from exc
-    if not isinstance(data, dict) or data.get("format") != DECODER_FORMAT:
-        raise CheckpointError(f"{path} is not an SPDSegment decoder file")
-    meta = json.loads(data["metadata"])
+    meta, data = read_model_file(path, DECODER_FORMAT, "decoder", CheckpointError)
     if meta["checkpoint_sha256"] != backend.checkpoint_sha256:
         raise CheckpointError(f"{path} was fine-tuned from another SAM checkpoint ({meta['backend']}); "
                               f"it cannot be used with {backend.name}")

@@ -257,21 +257,12 @@ class TrainedSaliencyPrior:
 
     @classmethod
     def load(cls, path: str | Path, backend=None) -> "TrainedSaliencyPrior":
-        import torch
+        from .model_files import read_model_file
 
-        path = Path(path)
-        if not path.is_file():
-            raise PriorFileError(f"saliency prior file not found: {path}")
-        try:
-            data = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise PriorFileError(f"{path} is not a readable prior file ({type(exc).__name__})") from exc
-        if not isinstance(data, dict) or data.get("format") != PRIOR_FORMAT:
-            raise PriorFileError(f"{path} is not an SPDSegment saliency prior (format field missing)")
+        meta, data = read_model_file(path, PRIOR_FORMAT, "saliency prior", PriorFileError)
         if data.get("format_version", 0) > PRIOR_FORMAT_VERSION:
             raise PriorFileError(f"{path} was written by a newer SPDSegment (format "
                                  f"{data['format_version']}); update SPDSegment")
-        meta = json.loads(data["metadata"])
         if backend is not None and meta.get("checkpoint_sha256") != backend.checkpoint_sha256:
             raise PriorFileError(
                 f"{path} was trained on embeddings of SAM checkpoint {meta.get('backend')} "
