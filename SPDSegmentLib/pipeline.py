@@ -148,15 +148,21 @@ def segment(volume: Volume, centerline: Centerline, backend, prior: SaliencyPrio
     if needs_embeddings:
         for i, t in enumerate(to_encode):
             _check_cancel(cancel)
-            report(0.5 * i / len(to_encode), f"encoding slice {t}")
+            report(0.5 * i / len(to_encode), f"encoding slice {t} ({i + 1}/{len(to_encode)})")
             t1 = time.perf_counter()
             backend.embed(slices_u8[t])
             timings["encode"] += time.perf_counter() - t1
 
-    report(0.5 if needs_embeddings else 0.0, "computing the saliency prior")
+    stage = (0.5, 0.75) if needs_embeddings else (0.0, 0.25)
+
+    def prior_tick(done: int, total: int) -> None:
+        _check_cancel(cancel)
+        report(stage[0] + (stage[1] - stage[0]) * done / max(total, 1), f"saliency prior: slice {done + 1}/{total}")
+
     t1 = time.perf_counter()
     if saliency is None:
-        saliency = prior.compute(PriorInputs(volume, slices_u8, prompts, backend, window.preset), processed)
+        saliency = prior.compute(PriorInputs(volume, slices_u8, prompts, backend, window.preset, prior_tick),
+                                 processed)
     elif not set(processed) <= set(saliency):
         raise ValueError("the given saliency maps do not cover the slices this run processes")
     timings["saliency"] = time.perf_counter() - t1
@@ -174,7 +180,7 @@ def segment(volume: Volume, centerline: Centerline, backend, prior: SaliencyPrio
 
     out = np.zeros((volume.num_slices, *volume.slice_shape), dtype=np.uint8)
     previous: np.ndarray | None = None
-    start = 0.5 if needs_embeddings else 0.05
+    start = stage[1]
     for i, t in enumerate(processed):
         _check_cancel(cancel)
         report(start + (1 - start) * i / len(processed), f"segmenting slice {t} ({i + 1}/{len(processed)})")

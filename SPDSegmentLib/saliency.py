@@ -54,6 +54,11 @@ class PriorInputs:
     prompts: SlicePrompts
     backend: object | None = None  # SamBackend, for embedding-based priors
     intensity_preset: str = "auto"
+    on_slice: object | None = None  # called with (done, total) after each slice: progress and cancel
+
+    def tick(self, done: int, total: int) -> None:
+        if self.on_slice is not None:
+            self.on_slice(done, total)
 
 
 class SaliencyPrior(Protocol):
@@ -185,7 +190,8 @@ class SamVotePrior:
         shape = inputs.volume.slice_shape
         self.stats = {"decodes": 0}
         out: dict[int, np.ndarray] = {}
-        for t in slice_indices:
+        for i, t in enumerate(slice_indices):
+            inputs.tick(i, len(slice_indices))
             window = [k for k in range(t - self.window, t + self.window + 1) if k in inputs.prompts]
             if not window:
                 out[t] = np.zeros(shape, dtype=np.float32)
@@ -297,7 +303,8 @@ class TrainedSaliencyPrior:
         out = {}
         self.head.to(backend.device)
         with torch.inference_mode():
-            for t in slice_indices:
+            for i, t in enumerate(slice_indices):
+                inputs.tick(i, len(slice_indices))
                 emb = backend.embed(inputs.slices_u8[t])
                 logits = self.head(emb.features.to(backend.device))
                 full = head_logits_to_slice(logits, emb.input_size, emb.original_size, backend.input_size)

@@ -101,3 +101,14 @@ def test_slice_consistency_option_runs_and_keeps_masks_connected_to_the_previous
                    SegmentParams(method="spd", consistency=True, **PARAMS))
     assert cons.params.consistency
     assert dice(cons.mask, label) > dice(results["raw"].mask, label)
+
+
+def test_cancel_is_honoured_inside_the_saliency_prior_stage(cta_slab, cta_centerline, backend):
+    volume, _ = cta_slab
+    messages = []
+    with pytest.raises(Cancelled):
+        segment(volume, cta_centerline, backend, SamVotePrior(), SegmentParams(**PARAMS),
+                progress=lambda f, m: messages.append(m),
+                cancel=lambda: any(m.startswith("saliency prior: slice 3/") for m in messages))
+    assert any(m.startswith("saliency prior") for m in messages)
+    assert not any(m.startswith("segmenting") for m in messages)
