@@ -58,6 +58,18 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cache-dir", type=Path, help="folder that keeps image embeddings between runs")
 
 
+def _add_training_options(p: argparse.ArgumentParser) -> None:
+    from .sam_backend import BACKENDS
+
+    p.add_argument("--val-cases", nargs="*", default=(), help="case names held out for validation")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", choices=BACKENDS, default="litemedsam")
+    p.add_argument("--checkpoint", type=Path, help="SAM checkpoint file (official SAM)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "spdsegment" / "embeddings",
+                   help="embedding cache folder (default ~/.cache/spdsegment/embeddings)")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m SPDSegmentLib",
@@ -123,14 +135,8 @@ def _build_parser() -> argparse.ArgumentParser:
                                    "loss curves and of validation saliency maps.")
     p.add_argument("--cases", type=Path, required=True, help="case folder (see evaluate)")
     p.add_argument("--out", type=Path, required=True, help="output prior file, e.g. prior.pt")
-    p.add_argument("--val-cases", nargs="*", default=(), help="case names held out for validation")
     p.add_argument("--epochs", type=int, default=60)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backend", default="litemedsam")
-    p.add_argument("--checkpoint", type=Path)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "spdsegment" / "embeddings",
-                   help="embedding cache folder (default ~/.cache/spdsegment/embeddings)")
+    _add_training_options(p)
 
     p = sub.add_parser("train-decoder", help="fine-tune SAM's mask decoder on consensus prompts with PSC (stage 2)",
                        description="Fine-tunes only the mask decoder on CPD consensus point prompts from simulated "
@@ -139,14 +145,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", type=Path, required=True)
     p.add_argument("--prior", required=True, help="prior.pt from train-prior, or sam-votes / intensity")
     p.add_argument("--out", type=Path, required=True, help="output decoder file, e.g. decoder.pt")
-    p.add_argument("--val-cases", nargs="*", default=())
     p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--lambda-psc", type=float, default=0.5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backend", default="litemedsam")
-    p.add_argument("--checkpoint", type=Path)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "spdsegment" / "embeddings")
+    p.add_argument("--lambda-psc", type=float, default=0.5, help="weight of the pairwise slice consistency loss")
+    _add_training_options(p)
 
     p = sub.add_parser("fetch-data", help="set-up step: fetch the real sample data through pip (once)",
                        description="Downloads the TotalSegmentator 2.18.0 source distribution with pip, "
