@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import sample_data
-from .io import InputError, read_label, read_volume, write_volume
+from .io import InputError, read_label, read_volume, resample_like, write_volume
 
 IMAGE_NAMES = ("image.nii.gz", "image.nrrd", "image.mha", "image.nii", "image")
 LABEL_NAMES = ("label.nii.gz", "label.nrrd", "label.seg.nrrd", "label.nii", "label.mha")
@@ -82,8 +82,6 @@ def build_sample_cases(out: str | Path, min_slices: int = 10, log=print) -> list
         image_path = sample_data.path(image_name)
         volume = read_volume(image_path)
         labels = read_volume(sample_data.path(f"{key}/labels.nii.gz"))
-        from .io import resample_like
-
         labels = resample_like(labels, volume).array
         cmap = sample_data.class_map(key)
         for value, structure in sorted(cmap.items()):

@@ -180,13 +180,13 @@ def _params(args):
 
 def cmd_segment(args) -> int:
     from .figures import overlay_png
-    from .io import _guard_output, read_markups, read_volume, write_markups, write_segmentation, write_volume
+    from .io import guard_output, read_markups, read_volume, write_markups, write_segmentation, write_volume
     from .outputs import audit_markups
     from .pipeline import segment
 
     for out in [args.out, args.saliency_out, args.prompts_out, args.png]:
         if out is not None:
-            _guard_output(out, args.overwrite)  # fail before the long run, not after
+            guard_output(out, args.overwrite)  # fail before the long run, not after
     if not str(args.out).endswith(".seg.nrrd"):
         raise ValueError(f"--out must end in .seg.nrrd, got {args.out}")
     volume = read_volume(args.volume)

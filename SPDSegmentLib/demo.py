@@ -36,16 +36,18 @@ def run_demo(args) -> int:
     spacing = (volume.slice_spacing, *volume.in_plane_spacing)
     ref = volume.with_array(label).slices()
     rows, results = [], {}
+    saliency = None  # same prompts and prior for both methods: compute the prior once
     for method in ("raw", "spd"):
         params = SegmentParams(method=method, tau=args.tau, context=args.context, consistency=args.consistency,
                                fallback=args.fallback, intensity_preset=preset)
         bar = TqdmProgress(f"{method:>4}", not args.quiet)
         start = time.perf_counter()
         try:
-            result = segment(volume, noisy.centerline, backend, prior, params, progress=bar)
+            result = segment(volume, noisy.centerline, backend, prior, params, progress=bar, saliency=saliency)
         finally:
             bar.close()
         seconds = time.perf_counter() - start
+        saliency = result.saliency_maps
         scores = evaluate(volume.with_array(result.mask).slices(), ref, spacing)
         rows.append({"method": method, **scores, "seconds": seconds, **result.counts()})
         results[method] = result

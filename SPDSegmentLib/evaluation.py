@@ -116,8 +116,7 @@ def evaluate_case(case: Case, backend, config: EvalConfig, severity: str, progre
     prior = load_prior(config.prior, backend)
     rows, masks, results = [], {}, {}
     shared_saliency = None
-    order = [m for m in ("spd", *config.methods) if m in config.methods]
-    order = list(dict.fromkeys(order))
+    order = sorted(dict.fromkeys(config.methods), key=lambda m: m != "spd")  # spd first: its prior is shared
     for i, method in enumerate(order):
         if progress:
             progress(case.name, severity, method, i, len(order))

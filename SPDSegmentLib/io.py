@@ -27,7 +27,7 @@ def _check_exists(path: Path, what: str) -> None:
         raise InputError(f"{what} not found: {path}")
 
 
-def _guard_output(path: Path, overwrite: bool) -> None:
+def guard_output(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise InputError(f"{path} already exists; choose another output path or pass overwrite=True "
                          "(--overwrite on the command line)")
@@ -88,7 +88,7 @@ def resample_like(moving: Volume, reference: Volume, nearest: bool = True) -> Vo
 
 def write_volume(volume: Volume, path: str | Path, overwrite: bool = False) -> Path:
     path = Path(path)
-    _guard_output(path, overwrite)
+    guard_output(path, overwrite)
     sitk.WriteImage(volume_to_sitk(volume), str(path), useCompression=True)
     return path
 
@@ -107,7 +107,7 @@ def write_segmentation(reference: Volume, masks: dict[str, np.ndarray], path: st
         raise InputError(f"{path}: a Slicer segmentation file must end in .seg.nrrd")
     if not masks:
         raise InputError("no segments to write")
-    _guard_output(path, overwrite)
+    guard_output(path, overwrite)
     labelmap = np.zeros(reference.array.shape, dtype=np.uint8)
     for value, (name, mask) in enumerate(masks.items(), start=1):
         if mask.shape != labelmap.shape:
@@ -255,7 +255,7 @@ def write_markups(path: str | Path, document: dict, overwrite: bool = False) -> 
     path = Path(path)
     if not str(path).endswith(".mrk.json"):
         raise InputError(f"{path}: a Slicer markups file must end in .mrk.json")
-    _guard_output(path, overwrite)
+    guard_output(path, overwrite)
     path.write_text(json.dumps(document, indent=2))
     return path
 

@@ -62,7 +62,6 @@ class SegmentationResult:
 
     volume: Volume
     mask: np.ndarray  # uint8
-    saliency: np.ndarray  # float32 in [0, 1]; 0 outside processed slices
     prompts: SlicePrompts
     decisions: dict[int, SliceDecision]
     processed_slices: list[int]
@@ -71,6 +70,14 @@ class SegmentationResult:
     timings: dict[str, float] = field(default_factory=dict)
     encode_calls: int = 0
     saliency_maps: dict[int, np.ndarray] = field(default_factory=dict)  # per processed slice
+
+    @property
+    def saliency(self) -> np.ndarray:
+        """The saliency maps as a float32 volume in array order (0 outside processed slices)."""
+        src = np.zeros((self.volume.num_slices, *self.volume.slice_shape), dtype=np.float32)
+        for t, m in self.saliency_maps.items():
+            src[t] = m
+        return self.volume.to_array_order(src).copy()
 
     def counts(self) -> dict[str, int]:
         out = {"kept": 0, "rejected": 0, "borrowed": 0, "fallback": 0, "empty_slices": 0}
@@ -211,9 +218,5 @@ def segment(volume: Volume, centerline: Centerline, backend, prior: SaliencyPrio
         previous = mask if params.consistency else None
     report(1.0, "done")
 
-    sal_src = np.zeros(out.shape, dtype=np.float32)
-    for t, m in saliency.items():
-        sal_src[t] = m
-    return SegmentationResult(volume, volume.to_array_order(out).copy(), volume.to_array_order(sal_src).copy(),
-                              prompts, decisions, processed, tau, params, timings,
+    return SegmentationResult(volume, volume.to_array_order(out).copy(), prompts, decisions, processed, tau, params, timings,
                               backend.encode_calls - encodes_before, saliency)
