@@ -38,9 +38,10 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--method", choices=MODES, default="spd",
                    help="spd: distilled consensus prompts (default); raw: every centerline point as is; "
                         "local: saliency check on the slice's own points only")
-    g.add_argument("--prior", default="sam-votes", metavar="sam-votes|intensity|FILE",
+    g.add_argument("--prior", default="sam-votes", metavar="sam-votes|intensity|trained-aorta|FILE",
                    help="saliency prior: 'sam-votes' (training-free, default), 'intensity' (training-free, "
-                        "no SAM, for homogeneous structures) or a prior.pt made by train-prior")
+                        "no SAM, for homogeneous structures), a shipped trained prior ('trained-aorta') or a "
+                        "prior.pt made by train-prior")
     g.add_argument("--tau", type=float, default=None, help="saliency threshold (default: the prior's, 0.5)")
     g.add_argument("--context", type=int, default=2, help="neighbouring slices per side for CPD (default 2)")
     g.add_argument("--consistency", action="store_true",
@@ -61,6 +62,8 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
 def _add_training_options(p: argparse.ArgumentParser) -> None:
     from .sam_backend import BACKENDS
 
+    p.add_argument("--use-cases", nargs="*", default=(),
+                   help="only these case names of --cases (training + validation); default: all")
     p.add_argument("--val-cases", nargs="*", default=(), help="case names held out for validation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", choices=BACKENDS, default="litemedsam")
@@ -68,6 +71,19 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "spdsegment" / "embeddings",
                    help="embedding cache folder (default ~/.cache/spdsegment/embeddings)")
+
+
+def _add_evaluation_options(p: argparse.ArgumentParser, second_prior_default: str | None) -> None:
+    p.add_argument("--out", type=Path, required=True, help="output folder: results.csv, report.md, PNGs")
+    p.add_argument("--methods", nargs="+", default=None, help="subset of: raw random box local spd spd+psc "
+                                                                  "spd-prior2 label-box (default: all)")
+    p.add_argument("--severity", nargs="+", default=["clinical"], help="mild clinical severe (default clinical)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--label-value", type=int, default=None, help="label value of the target in multi-label maps")
+    p.add_argument("--second-prior", default=second_prior_default,
+                   help="trained prior (prior.pt or a shipped name such as trained-aorta) for the spd-prior2 "
+                        f"method; 'intensity' for the intensity prior (default: {second_prior_default or 'intensity'})")
+    _add_engine_options(p)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -119,15 +135,14 @@ def _build_parser() -> argparse.ArgumentParser:
                                    "seg.nrrd), optional centerline.mrk.json (else simulated from the label), optional "
                                    "case.json. Writes OUT/results.csv, OUT/report.md and PNG figures.")
     p.add_argument("--cases", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--methods", nargs="+", default=None, help="subset of: raw random box local spd spd+psc "
-                                                                  "spd-prior2 label-box (default: all)")
-    p.add_argument("--severity", nargs="+", default=["clinical"], help="mild clinical severe (default clinical)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--label-value", type=int, default=None, help="label value of the target in multi-label maps")
-    p.add_argument("--second-prior", default=None, help="trained prior.pt for the spd-prior2 method "
-                                                        "(default: the intensity prior)")
-    _add_engine_options(p)
+    _add_evaluation_options(p, second_prior_default=None)
+
+    p = sub.add_parser("evaluate-sample", help="build the case folder from the fetched sample data and evaluate it",
+                       description="One command for the README's evaluation: build-cases (when the case folder is "
+                                   "missing) then evaluate with the shipped trained prior as the second prior.")
+    p.add_argument("--cases", type=Path, default=Path.home() / ".cache" / "spdsegment" / "cases",
+                   help="case folder, built when missing (default ~/.cache/spdsegment/cases)")
+    _add_evaluation_options(p, second_prior_default="trained-aorta")
 
     p = sub.add_parser("train-prior", help="train the saliency head (stage 1) on labelled cases",
                        description="Trains the saliency head on frozen SAM image embeddings (cached on disk) with "
@@ -136,6 +151,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", type=Path, required=True, help="case folder (see evaluate)")
     p.add_argument("--out", type=Path, required=True, help="output prior file, e.g. prior.pt")
     p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--lora-rank", type=int, default=0,
+                   help="also adapt the SAM encoder with LoRA of this rank on its attention (default 0: frozen "
+                        "encoder; slow without a GPU)")
     _add_training_options(p)
 
     p = sub.add_parser("train-decoder", help="fine-tune SAM's mask decoder on consensus prompts with PSC (stage 2)",
@@ -232,13 +250,18 @@ def main(argv: list[str] | None = None) -> int:
 
             build_sample_cases(args.out, args.min_slices)
             return 0
-        if args.command == "evaluate":
+        if args.command in ("evaluate", "evaluate-sample"):
             from .evaluation import METHODS, EvalConfig, run_evaluation
 
+            if args.command == "evaluate-sample" and not args.cases.exists():
+                from .cases import build_sample_cases
+
+                build_sample_cases(args.cases)
             backend, _ = _backend_and_prior(args)
+            second = None if args.second_prior in (None, "intensity") else args.second_prior
             config = EvalConfig(methods=tuple(args.methods or METHODS), severities=tuple(args.severity),
                                 seed=args.seed, label_value=args.label_value, prior=args.prior,
-                                second_prior=args.second_prior, tau=args.tau, context=args.context)
+                                second_prior=second, tau=args.tau, context=args.context)
             run_evaluation(args.cases, args.out, backend, config)
             return 0
         if args.command == "train-prior":
@@ -247,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
             from .training import TrainConfig, train_prior, write_summary
 
             backend = load_backend(args.backend, args.checkpoint, args.device, EmbeddingCache(folder=args.cache_dir))
-            config = TrainConfig(epochs=args.epochs, seed=args.seed, val_cases=tuple(args.val_cases))
+            config = TrainConfig(epochs=args.epochs, seed=args.seed, val_cases=tuple(args.val_cases),
+                                 use_cases=tuple(args.use_cases), lora_rank=args.lora_rank)
             summary = train_prior(args.cases, args.out, backend, config, png_dir=args.out.parent,
                                   progress=lambda e, t, v: print(f"epoch {e + 1}: train {t:.4f}  val {v:.4f}",
                                                                  file=sys.stderr))
@@ -263,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             backend = load_backend(args.backend, args.checkpoint, args.device, EmbeddingCache(folder=args.cache_dir))
             summary = train_decoder(args.cases, args.out, backend, load_prior(args.prior, backend),
                                     tuple(args.val_cases), args.epochs, lambda_psc=args.lambda_psc, seed=args.seed,
+                                    use_cases=tuple(args.use_cases),
                                     progress=lambda e, l: print(f"epoch {e + 1}: loss {l:.4f}", file=sys.stderr))
             print(json.dumps(summary, indent=2, default=float))
             return 0

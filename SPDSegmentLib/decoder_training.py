@@ -24,7 +24,7 @@ from .io import read_label, read_volume
 from .noise import simulate
 from .saliency import PriorInputs
 from .skeleton import centerline_from_label
-from .training import dice_loss, focal_loss, psc_loss
+from .training import dice_loss, focal_loss, psc_loss, select_cases
 
 DECODER_FORMAT = "spdsegment-mask-decoder"
 
@@ -82,12 +82,12 @@ def evaluate_points(backend, items) -> float:
 
 def train_decoder(cases_dir, out, backend, prior, val_cases: tuple[str, ...] = (), epochs: int = 8,
                   lr: float = 1e-4, lambda_psc: float = 0.5, seed: int = 0, tau: float = 0.5, context: int = 2,
-                  progress=None) -> dict:
+                  progress=None, use_cases: tuple[str, ...] = ()) -> dict:
     import torch
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    cases = find_cases(cases_dir)
+    cases = select_cases(find_cases(cases_dir), use_cases)
     val_names = set(val_cases) or {cases[-1].name}
     items = {c.name: _case_items(c, backend, prior, seed, tau, context) for c in cases}
     train = [it for c in cases if c.name not in val_names for it in items[c.name]]

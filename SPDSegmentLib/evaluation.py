@@ -2,14 +2,17 @@
 
 Methods (only the prompt set or the prior changes; LiteMedSAM, windowing and slices are shared):
   raw          all centerline points of each slice, rendered like SPD's
-  random       a seeded random half of the raw points, same rendering
+  random       a seeded random half of the raw points, same rendering and the same prior maps
   box          MedSAM-style: one box around each slice's raw points plus a margin (no prior)
   local        CPD local validation only
   spd          CPD consensus (local + dual-validated borrowing)
   spd+psc      SPD with the inference-time slice-consistency step
-  spd-<prior>  SPD with the second prior: a trained prior file when given, else the intensity prior
+  spd-<prior>  SPD with the second prior: a trained prior (file or shipped name) when given, else the
+               intensity prior. A trained prior runs only on cases of the structure it was trained for,
+               and each case is tagged with its role for that prior (train / validation / held-out).
   label-box    upper bound: a box around each label component (+5 px) on every label slice
-Embeddings are cached in the backend, so each slice of a case is encoded once for all methods.
+Embeddings are cached in the backend, so each slice of a case is encoded once for all methods and
+severities; the prior maps are computed once per case and severity and shared by the methods.
 """
 from __future__ import annotations
 
@@ -99,6 +102,23 @@ def _random_half(centerline: Centerline, seed: int) -> Centerline:
     return Centerline(centerline.points_ras[keep], centerline.ordered, centerline.name + "-random")
 
 
+def prior_role(prior, case: Case) -> str | None:
+    """How a trained prior relates to a case: "train", "validation", "held-out", or None when the
+    prior was trained for another structure (it is then not run on the case)."""
+    meta = getattr(prior, "metadata", None)
+    if meta is None:
+        return "held-out"
+    structures = set(meta.get("structures", ()))
+    structure = case.info.get("structure")
+    if structures and structure and structure not in structures:
+        return None
+    if case.name in meta.get("train_cases", ()):
+        return "train"
+    if case.name in meta.get("val_cases", ()):
+        return "validation"
+    return "held-out"
+
+
 def evaluate_case(case: Case, backend, config: EvalConfig, severity: str, progress=None) -> tuple[list[dict], dict]:
     """Rows of results.csv for one case and severity, plus the artefacts the report draws."""
     volume = read_volume(case.image, case.name)
@@ -114,40 +134,45 @@ def evaluate_case(case: Case, backend, config: EvalConfig, severity: str, progre
     spacing = (volume.slice_spacing, *volume.in_plane_spacing)
     base = dict(tau=config.tau, context=config.context, intensity_preset=preset)
     prior = load_prior(config.prior, backend)
-    rows, masks, results = [], {}, {}
+    second = load_prior(config.second_prior or "intensity", backend) if "spd-prior2" in config.methods else None
+    role = prior_role(second, case) if config.second_prior else None
+    second_name = f"spd-{'trained' if config.second_prior else 'intensity'}"
+    rows, masks, results, boxes = [], {}, {}, {}
     shared_saliency = None
     order = sorted(dict.fromkeys(config.methods), key=lambda m: m != "spd")  # spd first: its prior is shared
+    if config.second_prior and role is None:
+        order.remove("spd-prior2")  # the trained prior is for another structure
     for i, method in enumerate(order):
         if progress:
             progress(case.name, severity, method, i, len(order))
         start = time.perf_counter()
-        if method in ("raw", "local", "spd", "spd+psc"):
-            params = SegmentParams(method="spd" if method == "spd+psc" else method,
+        name = second_name if method == "spd-prior2" else method
+        if method in ("raw", "local", "spd", "spd+psc", "random"):
+            params = SegmentParams(method={"spd+psc": "spd", "random": "raw"}.get(method, method),
                                    consistency=method == "spd+psc", **base)
-            result = segment(volume, centerline, backend, prior, params, saliency=shared_saliency)
-            shared_saliency = shared_saliency or result.saliency_maps
-            mask = result.mask
-            results[method] = result
-        elif method == "random":
-            mask = segment(volume, _random_half(centerline, config.seed), backend, prior,
-                           SegmentParams(method="raw", **base)).mask
+            prompts = _random_half(centerline, config.seed) if method == "random" else centerline
+            result = segment(volume, prompts, backend, prior, params, saliency=shared_saliency)
+            if method != "random":  # the maps of the full prompt set are the ones to share
+                shared_saliency = shared_saliency or result.saliency_maps
+            results[name] = result
         elif method == "spd-prior2":
-            second = load_prior(config.second_prior or "intensity", backend)
-            result = segment(volume, centerline, backend, second, SegmentParams(method="spd", **base))
-            mask = result.mask
+            results[name] = result = segment(volume, centerline, backend, second, SegmentParams(method="spd", **base))
         elif method == "box":
-            mask = _box_prompts_masks(volume, backend, preset, _raw_point_boxes(volume, slice_prompts(centerline, volume)))
+            boxes[name] = _raw_point_boxes(volume, slice_prompts(centerline, volume))
         elif method == "label-box":
-            mask = _box_prompts_masks(volume, backend, preset, _label_boxes(volume, ref))
+            boxes[name] = _label_boxes(volume, ref)
         else:
             raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+        mask = results[name].mask if name in results else _box_prompts_masks(volume, backend, preset, boxes[name])
         seconds = time.perf_counter() - start
         scores = evaluate(volume.with_array(mask).slices(), ref, spacing)
-        name = method if method != "spd-prior2" else f"spd-{'trained' if config.second_prior else 'intensity'}"
         rows.append({"case": case.name, "method": name, "severity": severity, **scores, "seconds": seconds})
         masks[name] = mask
+    rank = {m: i for i, m in enumerate(METHODS)}
+    rows.sort(key=lambda r: rank.get(r["method"], rank["spd-prior2"]))  # spd ran first; report in METHODS order
+    masks = {r["method"]: masks[r["method"]] for r in rows}
     return rows, {"volume": volume, "label": label, "results": results, "masks": masks, "noise": noise,
-                  "preset": preset}
+                  "preset": preset, "boxes": boxes, "prior_role": role, "centerline": centerline}
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -166,12 +191,19 @@ def run_evaluation(cases_dir: str | Path, out_dir: str | Path, backend, config: 
     for severity in config.severities:
         if severity not in SEVERITIES:
             raise ValueError(f"unknown severity {severity!r}; choose from {', '.join(SEVERITIES)}")
+    unknown = set(config.methods) - set(METHODS)
+    if unknown:
+        raise ValueError(f"unknown method(s) {sorted(unknown)}; choose from {', '.join(METHODS)}")
     cases = find_cases(cases_dir)
+    runs = len(cases) * len(dict.fromkeys(config.methods))
+    if config.second_prior:
+        second = load_prior(config.second_prior, backend)  # a wrong or foreign prior fails now, not after hours
+        if "spd-prior2" in config.methods:
+            runs -= sum(prior_role(second, c) is None for c in cases)
     rows, artefacts = [], {}
     from tqdm import tqdm
 
-    total = len(cases) * len(config.severities)
-    with tqdm(total=total * len(config.methods), desc="evaluate", unit="run") as bar:
+    with tqdm(total=runs * len(config.severities), desc="evaluate", unit="run") as bar:
         def progress(case, severity, method, i, n):
             bar.set_postfix_str(f"{case} {severity} {method}")
             if i:

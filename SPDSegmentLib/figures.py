@@ -64,3 +64,84 @@ def overlay_png(result, path: str | Path, label_kji: np.ndarray | None = None, s
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _slice_dice(a: np.ndarray, b: np.ndarray) -> float:
+    denom = a.sum() + b.sum()
+    return float(2 * (a & b).sum() / denom) if denom else 1.0
+
+
+def panel_slices(label_src: np.ndarray, first: np.ndarray, second: np.ndarray, decisions: dict, count: int = 2) -> list[int]:
+    """Slices that tell the story of a case: where two methods' masks differ most on the label, and
+    where CPD rejected the most points."""
+    on_label = [t for t in range(len(label_src)) if label_src[t].any()]
+    if not on_label:
+        return []
+    chosen = [max(on_label, key=lambda t: abs(_slice_dice(first[t], label_src[t]) - _slice_dice(second[t], label_src[t])))]
+    rejected = {t: len(d.with_status("rejected")) for t, d in decisions.items() if t in on_label}
+    if rejected and max(rejected.values()) > 0:
+        chosen.append(max(rejected, key=rejected.get))
+    for t in np.linspace(on_label[0], on_label[-1], count + 2).astype(int)[1:-1]:
+        if len(set(chosen)) >= count:
+            break
+        chosen.append(int(t))
+    return sorted(set(chosen))[:count]
+
+
+def _crop(label_t: np.ndarray, points_rc: list, spacing: tuple[float, float], margin_mm: float = 35.0):
+    rc = np.argwhere(label_t)
+    if points_rc:
+        rc = np.vstack([rc, np.asarray(points_rc, dtype=float)]) if len(rc) else np.asarray(points_rc, dtype=float)
+    if not len(rc):
+        return slice(None), slice(None)
+    margin = np.ceil(margin_mm / np.asarray(spacing)).astype(int)
+    lo = np.maximum(np.floor(rc.min(0)).astype(int) - margin, 0)
+    hi = np.minimum(np.ceil(rc.max(0)).astype(int) + margin + 1, label_t.shape)
+    return slice(lo[0], hi[0]), slice(lo[1], hi[1])
+
+
+def method_panel_png(volume, label_kji: np.ndarray, masks: dict[str, np.ndarray], decisions: dict[str, dict],
+                     boxes: dict[str, dict], path: str | Path, slices: list[int], title: str = "",
+                     window: tuple[float, float] | None = None) -> Path:
+    """One row per slice, one column per method: the method's mask (red) against the label (green),
+    zoomed on the structure, with that method's prompts: CPD status per point (kept green +, rejected
+    red x, borrowed blue +, fallback yellow +) or its boxes (yellow), and the slice Dice."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    images = volume.slices()
+    label = volume.with_array(label_kji).slices().astype(bool)
+    src_masks = {k: volume.with_array(v).slices().astype(bool) for k, v in masks.items()}
+    names = list(masks)
+    lo, hi = window or (float(np.percentile(images[slices], 1)), float(np.percentile(images[slices], 99)))
+    fig, axes = plt.subplots(len(slices), len(names), figsize=(2.2 * len(names), 2.5 * len(slices)), squeeze=False)
+    for row, t in zip(axes, slices):
+        all_points = [(p.row, p.col) for d in decisions.values() if t in d for p in d[t].points]
+        rows, cols = _crop(label[t], all_points, volume.in_plane_spacing)
+        for ax, name in zip(row, names):
+            ax.imshow(np.clip(images[t][rows, cols], lo, hi), cmap="gray", vmin=lo, vmax=hi)
+            off = np.array([rows.start or 0, cols.start or 0])
+            if label[t].any():
+                ax.contour(label[t][rows, cols], [0.5], colors="#00ff66", linewidths=0.9)
+            if src_masks[name][t].any():
+                ax.contour(src_masks[name][t][rows, cols], [0.5], colors="#ff3333", linewidths=0.9)
+            for r0, c0, r1, c1 in boxes.get(name, {}).get(t, []):
+                ax.add_patch(Rectangle((c0 - off[1], r0 - off[0]), c1 - c0, r1 - r0, fill=False, ec="#ffdd00", lw=0.8))
+            if name in decisions and t in decisions[name]:
+                for p in decisions[name][t].points:
+                    ax.plot(p.col - off[1], p.row - off[0], marker="x" if p.status == "rejected" else "+",
+                            color=STATUS_COLORS[p.status], markersize=6, mew=1.3)
+            ax.set_title(f"{name}\nslice {t}: Dice {_slice_dice(src_masks[name][t], label[t]):.2f}", fontsize=7)
+            ax.axis("off")
+    legend = ("mask red, label green; prompts: kept green +, rejected red x, borrowed blue +, fallback yellow +; "
+              "boxes yellow")
+    fig.suptitle(f"{title}\n{legend}" if title else legend, fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .figures import overlay_png
+from .figures import method_panel_png, panel_slices
 
 
 def _mean_sd(values) -> str:
@@ -67,11 +67,56 @@ def _figures(rows, out: Path, severities) -> list[str]:
     return files
 
 
+def method_panel(art: dict, out: Path, case: str, severity: str) -> str | None:
+    """Draw the per-method panel of one case and severity; returns the PNG's name."""
+    results, masks = art["results"], art["masks"]
+    if "spd" not in results or "raw" not in masks:
+        return None
+    volume, label = art["volume"], art["label"]
+    label_src = volume.with_array(label).slices().astype(bool)
+    src = {k: volume.with_array(v).slices().astype(bool) for k, v in masks.items()}
+    slices = panel_slices(label_src, src["raw"], src["spd"], results["spd"].decisions)
+    if not slices:
+        return None
+    decisions = {k: r.decisions for k, r in results.items()}
+    if "box" in masks and "raw" in results:
+        decisions["box"] = results["raw"].decisions  # the points its boxes were drawn around
+    png = f"panel_{case}_{severity}.png"
+    method_panel_png(volume, label, masks, decisions, art.get("boxes", {}), out / png, slices,
+                     title=f"{case} ({severity})")
+    return png
+
+
+def trained_prior_lines(rows: list[dict], artefacts: dict, severities) -> list[str]:
+    """Trained prior vs training-free prior vs raw prompts, per case with the case's role for the
+    trained prior; means over held-out cases only (training and validation cases are shown, never
+    averaged in)."""
+    roles = {case: art.get("prior_role") for (case, _), art in artefacts.items() if art.get("prior_role")}
+    if not roles:
+        return []
+    dsc = {(r["case"], r["severity"], r["method"]): r["dsc"] for r in rows}
+    lines = ["## Trained prior vs training-free prior vs raw prompts", "",
+             "Cases of the structure the trained prior was made for. Only held-out cases enter the means.", "",
+             "| case | role | severity | raw | spd (training-free) | spd-trained |", "|---|---|---|---|---|---|"]
+    for sev in severities:
+        for case, role in roles.items():
+            vals = [dsc.get((case, sev, m), float("nan")) for m in ("raw", "spd", "spd-trained")]
+            lines.append(f"| {case} | {role} | {sev} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
+    for sev in severities:
+        held = [c for c, role in roles.items() if role == "held-out"]
+        means = [np.nanmean([dsc.get((c, sev, m), np.nan) for c in held]) if held else np.nan
+                 for m in ("raw", "spd", "spd-trained")]
+        lines.append(f"| **mean of {len(held)} held-out** | | {sev} | " + " | ".join(f"**{v:.3f}**" for v in means) + " |")
+    return lines + [""]
+
+
 def write_report(rows: list[dict], artefacts: dict, cases, config, out: Path) -> Path:
     severities = list(config.severities)
     methods = list(dict.fromkeys(r["method"] for r in rows))
     lines = ["# SPDSegment evaluation", "",
-             f"Backend: frozen SAM (identity in config.json); prior `{config.prior}`; τ {config.tau or 'prior default'}; n = {config.context}; seed {config.seed}.",
+             f"Backend: frozen SAM (identity in config.json); prior `{config.prior}`; second prior "
+             f"`{config.second_prior or 'intensity'}`; τ {config.tau or 'prior default'}; n = {config.context}; "
+             f"seed {config.seed}.",
              "Scores are agreement with the case labels (for the bundled data: TotalSegmentator output, "
              "not manual tracings).", "", "## Headline: raw prompts vs SPD (mean ± sd DSC over cases)", "",
              "| severity | cases | raw | spd | spd − raw | Wilcoxon p |", "|---|---|---|---|---|---|"]
@@ -101,7 +146,8 @@ def write_report(rows: list[dict], artefacts: dict, cases, config, out: Path) ->
         by[(r["case"], r["severity"])][r["method"]] = r["dsc"]
     for (case, sev), d in by.items():
         lines.append(f"| {case} | {sev} | " + " | ".join(f"{d.get(m, float('nan')):.3f}" for m in methods) + " |")
-    lines += ["", "## Cases and sources", "", "| case | structure | source | licence |", "|---|---|---|---|"]
+    lines += [""] + trained_prior_lines(rows, artefacts, severities)
+    lines += ["## Cases and sources", "", "| case | structure | source | licence |", "|---|---|---|---|"]
     for c in cases:
         lines.append(f"| {c.name} | {c.info.get('structure', '?')} | {c.info.get('source', str(c.image))} | "
                      f"{c.info.get('license', 'as provided')} |")
@@ -115,15 +161,14 @@ def write_report(rows: list[dict], artefacts: dict, cases, config, out: Path) ->
     lines += ["", "## Figures", ""]
     for f in _figures(rows, out, severities):
         lines.append(f"![{f}]({f})")
+    lines += ["", "## Overlay panels", "",
+              "Per case and severity: one column per method (its mask in red, the label in green, its own "
+              "prompts: CPD status per point, or its boxes), on the slice where raw and SPD differ most and "
+              "on the slice where CPD rejected most points.", ""]
     for (case, sev), art in artefacts.items():
-        spd = art["results"].get("spd")
-        if spd is None:
-            continue
-        others = {k: v for k, v in art["masks"].items() if k == "raw"}
-        png = f"overlay_{case}_{sev}.png"
-        overlay_png(spd, out / png, art["label"], title=f"{case} ({sev}): SPD mask red, raw dashed orange",
-                    others=others)
-        lines.append(f"![{png}]({png})")
+        png = method_panel(art, out, case, sev)
+        if png:
+            lines.append(f"![{png}]({png})")
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path

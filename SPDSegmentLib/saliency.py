@@ -219,7 +219,7 @@ class SamVotePrior:
 
 # --- trained head ----------------------------------------------------------------------------------
 PRIOR_FORMAT = "spdsegment-saliency-prior"
-PRIOR_FORMAT_VERSION = 1
+PRIOR_FORMAT_VERSION = 2  # 2: may carry LoRA encoder adapters; files without them are written as 1
 
 
 def build_saliency_head(embed_dim: int = 256, hidden: int = 64):
@@ -256,6 +256,11 @@ class TrainedSaliencyPrior:
     metadata: dict
     name: str = "trained"
     embeds: str = "all"
+    encoder: object = None  # a LoRA-adapted copy of the SAM image encoder, when trained with --lora-rank
+
+    def __post_init__(self) -> None:
+        if self.encoder is not None:
+            self.embeds = "none"  # it embeds with its own encoder; SAM's embeddings are made when decoding
 
     @property
     def default_tau(self) -> float:
@@ -278,16 +283,38 @@ class TrainedSaliencyPrior:
         head = build_saliency_head(meta.get("embed_dim", 256), meta.get("hidden", 64))
         head.load_state_dict(data["state_dict"], strict=True)
         head.eval()
-        return cls(head, meta)
+        encoder = None
+        if meta.get("lora_rank"):
+            if backend is None:
+                raise PriorFileError(f"{path} adapts the SAM encoder (LoRA): load it with the SAM backend")
+            from .lora import adapted_encoder
+
+            encoder = adapted_encoder(backend.sam, meta["lora_rank"], meta["lora_alpha"],
+                                      data.get("lora_state_dict")).to(backend.device)
+        return cls(head, meta, encoder=encoder)
 
     def save(self, path: str | Path) -> Path:
         import torch
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"format": PRIOR_FORMAT, "format_version": PRIOR_FORMAT_VERSION,
-                    "metadata": json.dumps(self.metadata), "state_dict": self.head.state_dict()}, str(path))
+        data = {"format": PRIOR_FORMAT, "format_version": PRIOR_FORMAT_VERSION if self.encoder is not None else 1,
+                "metadata": json.dumps(self.metadata), "state_dict": self.head.state_dict()}
+        if self.encoder is not None:
+            from .lora import lora_state
+
+            data["lora_state_dict"] = lora_state(self.encoder)
+        torch.save(data, str(path))
         return path
+
+    def features(self, backend, slice_u8: np.ndarray):
+        """(features, input_size, original_size) of one slice: the adapted encoder's when there is
+        one, else SAM's cached embedding."""
+        if self.encoder is None:
+            emb = backend.embed(slice_u8)
+            return emb.features.to(backend.device), emb.input_size, emb.original_size
+        x, original_size, input_size = backend.encoder_input(slice_u8)
+        return self.encoder(x), input_size, original_size
 
     def compute(self, inputs: PriorInputs, slice_indices: list[int]) -> dict[int, np.ndarray]:
         import torch
@@ -305,18 +332,32 @@ class TrainedSaliencyPrior:
         with torch.inference_mode():
             for i, t in enumerate(slice_indices):
                 inputs.tick(i, len(slice_indices))
-                emb = backend.embed(inputs.slices_u8[t])
-                logits = self.head(emb.features.to(backend.device))
-                full = head_logits_to_slice(logits, emb.input_size, emb.original_size, backend.input_size)
+                features, input_size, original_size = self.features(backend, inputs.slices_u8[t])
+                logits = self.head(features)
+                full = head_logits_to_slice(logits, input_size, original_size, backend.input_size)
                 out[t] = torch.sigmoid(full)[0, 0].float().cpu().numpy()
         return out
 
 
+SHIPPED_PRIOR_DIR = Path(__file__).parent / "models"
+
+
+def shipped_priors() -> dict[str, Path]:
+    """Trained priors that ship with SPDSegment, by name: ``models/<structure>_prior.pt`` ->
+    ``"trained-<structure>"`` (how each was made: the ``.json`` beside it and the README)."""
+    return {f"trained-{p.name[: -len('_prior.pt')]}": p for p in sorted(SHIPPED_PRIOR_DIR.glob("*_prior.pt"))}
+
+
 def load_prior(spec: str | None, backend=None) -> SaliencyPrior:
     """``None`` / ``"sam-votes"`` -> :class:`SamVotePrior`; ``"intensity"`` -> :class:`AppearanceTrackPrior`;
-    anything else is a path to a trained head file."""
+    ``"trained-<structure>"`` -> a shipped trained prior; anything else is a path to a prior.pt file."""
     if spec in (None, "", "sam-votes", "training-free"):
         return SamVotePrior()
     if spec == "intensity":
         return AppearanceTrackPrior()
+    shipped = shipped_priors()
+    if spec in shipped:
+        return TrainedSaliencyPrior.load(shipped[spec], backend)
+    if str(spec).startswith("trained-") and not Path(spec).exists():
+        raise PriorFileError(f"no shipped prior named {spec!r}; shipped: {', '.join(shipped) or 'none'}")
     return TrainedSaliencyPrior.load(spec, backend)

@@ -159,6 +159,16 @@ class SamBackend:
         self.cache.put(key, emb)
         return emb
 
+    def encoder_input(self, slice_u8: np.ndarray):
+        """The encoder's input tensor for one slice (resized, padded, normalised exactly as
+        ``SamPredictor.set_image`` does), for encoders other than the cached one (LoRA priors)."""
+        import torch
+
+        rgb = slice_to_rgb(slice_u8)
+        resized = torch.as_tensor(self.predictor.transform.apply_image(rgb), device=self.device)
+        resized = resized.permute(2, 0, 1).contiguous()[None]
+        return self.sam.preprocess(resized), tuple(rgb.shape[:2]), tuple(resized.shape[-2:])
+
     def _use(self, emb: SliceEmbedding) -> None:
         p = self.predictor
         p.features = emb.features.to(self.device)

@@ -206,6 +206,8 @@ def test_cmake_lists_every_lib_file_and_metadata_agrees():
     assert all((MODULE_DIR / p).exists() or (REPO / p).exists() for p in listed if "$" not in p)
     for res in ("Resources/Icons/SPDSegment.png", "Resources/UI/SPDSegment.ui", "Resources/requirements.txt"):
         assert res in cmake and (MODULE_DIR / res).exists()
+    shipped = {f"SPDSegmentLib/models/{p.name}" for p in (REPO / "SPDSegmentLib" / "models").iterdir()}
+    assert shipped and all(f"../{p}" in cmake for p in shipped), "shipped priors must be installed with the module"
     assert "WITH_GENERIC_TESTS" in cmake and "slicer_add_python_unittest(SCRIPT SPDSegment.py)" in cmake
     top = (REPO / "CMakeLists.txt").read_text()
     s4ext = dict(line.split(" ", 1) for line in (REPO / "SPDSegment.s4ext").read_text().splitlines()
