@@ -190,6 +190,9 @@ class SPDSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 counts = out.summary["counts"]
                 self.ui.statusLabel.text = _("Done: kept {k}, rejected {r}, borrowed {b} prompts.").format(
                     k=counts["kept"], r=counts["rejected"], b=counts["borrowed"])
+                for warning in out.summary.get("warnings", []):
+                    self.ui.statusLabel.text += "\n" + _("Warning: ") + warning
+                    slicer.util.warningDisplay(warning, windowTitle=_("SPD Segment"))
         finally:
             self._running = False
             self.ui.applyButton.text = _("Apply")

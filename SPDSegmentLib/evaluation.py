@@ -135,7 +135,7 @@ def evaluate_case(case: Case, backend, config: EvalConfig, severity: str, progre
     base = dict(tau=config.tau, context=config.context, intensity_preset=preset)
     prior = load_prior(config.prior, backend)
     second = load_prior(config.second_prior or "intensity", backend) if "spd-prior2" in config.methods else None
-    role = prior_role(second, case) if config.second_prior else None
+    role = prior_role(second, case) if config.second_prior and second is not None else None
     second_name = f"spd-{'trained' if config.second_prior else 'intensity'}"
     rows, masks, results, boxes = [], {}, {}, {}
     shared_saliency = None

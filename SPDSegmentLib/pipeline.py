@@ -70,6 +70,7 @@ class SegmentationResult:
     timings: dict[str, float] = field(default_factory=dict)
     encode_calls: int = 0
     saliency_maps: dict[int, np.ndarray] = field(default_factory=dict)  # per processed slice
+    warnings: list[str] = field(default_factory=list)  # for the user: things that make the result doubtful
 
     @property
     def saliency(self) -> np.ndarray:
@@ -99,7 +100,26 @@ class SegmentationResult:
 
     def summary(self) -> dict:
         return {"params": asdict(self.params), "tau": self.tau, "processed_slices": len(self.processed_slices),
-                "counts": self.counts(), "timings_s": self.timings, "encode_calls": self.encode_calls}
+                "counts": self.counts(), "timings_s": self.timings, "encode_calls": self.encode_calls,
+                "warnings": self.warnings}
+
+
+DISAGREEMENT_WARNING_FRACTION = 0.2  # fewer of the user's points kept than this: the prior likely misfits
+DISAGREEMENT_MIN_POINTS = 10
+
+
+def prior_disagreement(decisions: dict[int, SliceDecision], prior_name: str) -> str | None:
+    """A warning when the prior rejects most of the user's own points: on a scan or anatomy the prior
+    was not made for (e.g. an abdominal prior on a chest CT) it sees nothing, and SPD would drop
+    the prompts silently."""
+    own = [p for d in decisions.values() for p in d.points if p.status in ("kept", "rejected")]
+    if len(own) < DISAGREEMENT_MIN_POINTS:
+        return None
+    kept = sum(p.status == "kept" for p in own) / len(own)
+    if kept >= DISAGREEMENT_WARNING_FRACTION:
+        return None
+    return (f"the saliency prior '{prior_name}' accepted only {100 * kept:.0f}% of the centerline's points: it may "
+            "not fit this scan or anatomy; check the result, or use the training-free prior (sam-votes)")
 
 
 def _check_cancel(cancel: CancelCheck | None) -> None:
@@ -179,6 +199,12 @@ def segment(volume: Volume, centerline: Centerline, backend, prior: SaliencyPrio
     decisions = distill(prompts, saliency, processed, tau=tau, context=params.context, mode=params.method,
                         fallback=params.fallback)
     timings["cpd"] = time.perf_counter() - t1
+    warnings = []
+    if params.method != "raw":
+        warning = prior_disagreement(decisions, prior.name)
+        if warning:
+            log.warning(warning)
+            warnings.append(warning)
 
     consensus = {t: d.consensus for t, d in decisions.items()}
     spacing_px = min(volume.in_plane_spacing)
@@ -219,4 +245,4 @@ def segment(volume: Volume, centerline: Centerline, backend, prior: SaliencyPrio
     report(1.0, "done")
 
     return SegmentationResult(volume, volume.to_array_order(out).copy(), prompts, decisions, processed, tau, params, timings,
-                              backend.encode_calls - encodes_before, saliency)
+                              backend.encode_calls - encodes_before, saliency, warnings)

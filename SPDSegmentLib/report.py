@@ -138,6 +138,9 @@ def write_report(rows: list[dict], artefacts: dict, cases, config, out: Path) ->
                          f"{_mean_sd([r['hd95_mm'] for r in sub])} | {_mean_sd([r['asd_mm'] for r in sub])} | "
                          f"{_mean_sd([r['volumetric_dsc'] for r in sub])} | {_mean_sd([r['slice_dsc'] for r in sub])} | "
                          f"{n}, {'—' if p is None else f'{p:.3g}'} |")
+        if "spd-trained" in methods:
+            lines.append("\nspd-trained runs only on cases of its structure, including the ones it was trained "
+                         "on: compare it on held-out cases only (section below).")
         lines.append("")
     lines += ["## Per case (DSC)", "", "| case | severity | " + " | ".join(methods) + " |",
               "|---|---|" + "---|" * len(methods)]
@@ -145,7 +148,7 @@ def write_report(rows: list[dict], artefacts: dict, cases, config, out: Path) ->
     for r in rows:
         by[(r["case"], r["severity"])][r["method"]] = r["dsc"]
     for (case, sev), d in by.items():
-        lines.append(f"| {case} | {sev} | " + " | ".join(f"{d.get(m, float('nan')):.3f}" for m in methods) + " |")
+        lines.append(f"| {case} | {sev} | " + " | ".join(f"{d[m]:.3f}" if m in d else "—" for m in methods) + " |")
     lines += [""] + trained_prior_lines(rows, artefacts, severities)
     lines += ["## Cases and sources", "", "| case | structure | source | licence |", "|---|---|---|---|"]
     for c in cases:

@@ -324,9 +324,11 @@ class TrainedSaliencyPrior:
             raise ValueError("the trained prior needs the SAM backend's embeddings")
         if self.metadata.get("checkpoint_sha256") != backend.checkpoint_sha256:
             raise PriorFileError("this prior was trained for another SAM checkpoint; see TrainedSaliencyPrior.load")
-        preset = self.metadata.get("intensity_preset")
-        if preset and inputs.intensity_preset not in (preset, "auto"):
-            log.warning("prior trained with intensity preset %s, run uses %s", preset, inputs.intensity_preset)
+        preset = self.metadata.get("intensity_preset") or []
+        presets = [preset] if isinstance(preset, str) else list(preset)  # train-prior writes a list
+        if presets and inputs.intensity_preset not in (*presets, "auto"):
+            log.warning("prior trained with intensity preset(s) %s, this run uses %s: expect a weaker prior",
+                        ", ".join(presets), inputs.intensity_preset)
         out = {}
         self.head.to(backend.device)
         with torch.inference_mode():

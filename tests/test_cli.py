@@ -56,3 +56,23 @@ def test_help_is_available_from_the_module_entry_point():
                          text=True, check=True).stdout
     for option in ("--method", "--backend", "--checkpoint", "--tau", "--context", "--centerline"):
         assert option in out
+
+
+def test_evaluate_sample_uses_the_shipped_prior_and_tags_held_out_cases(cta, tmp_path):
+    import csv
+
+    volume, label = cta
+    case = tmp_path / "cases" / "cta_slab"
+    case.mkdir(parents=True)
+    write_volume(crop_slices(volume, 60, 68), case / "image.nii.gz")
+    write_volume(crop_slices(volume, 60, 68).with_array(label[60:68].astype(np.uint8)), case / "label.nii.gz")
+    (case / "case.json").write_text(json.dumps({"structure": "aorta", "preset": "ct-angio"}))
+    out = tmp_path / "eval"
+    assert main(["evaluate-sample", "--cases", str(tmp_path / "cases"), "--out", str(out), "--device", "cpu",
+                 "--methods", "raw", "spd", "spd-prior2"]) == 0
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["method"] for r in rows] == ["raw", "spd", "spd-trained"]
+    report = (out / "report.md").read_text()
+    assert "second prior `trained-aorta`" in report and "| cta_slab | held-out | clinical |" in report
+    assert "mean of 1 held-out" in report

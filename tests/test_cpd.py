@@ -61,3 +61,20 @@ def test_raw_mode_keeps_everything_and_bad_parameters_are_refused():
     assert len(distill_slice(2, prompts, sal, mode="raw").consensus) == 2
     with pytest.raises(ValueError, match="mode"):
         distill_slice(2, prompts, sal, mode="nonsense")
+
+
+def test_a_prior_that_rejects_most_points_is_reported_to_the_user():
+    from SPDSegmentLib.cpd import ConsensusPoint, SliceDecision
+    from SPDSegmentLib.pipeline import prior_disagreement
+
+    def decisions(kept: int, rejected: int) -> dict:
+        d = SliceDecision(0)
+        d.points = [ConsensusPoint(0, i, i, 0, 0, "kept", 0.9) for i in range(kept)] + \
+                   [ConsensusPoint(0, i, i, 0, 0, "rejected", 0.1) for i in range(rejected)]
+        d.points.append(ConsensusPoint(0, 1, 1, 1, 0, "borrowed", 0.9))  # borrowed points are not the user's own
+        return {0: d}
+
+    warning = prior_disagreement(decisions(1, 19), "trained")
+    assert warning and "5%" in warning and "sam-votes" in warning
+    assert prior_disagreement(decisions(5, 15), "trained") is None  # 25% kept
+    assert prior_disagreement(decisions(0, 5), "trained") is None  # too few points to judge

@@ -218,3 +218,26 @@ def test_cmake_lists_every_lib_file_and_metadata_agrees():
     index = json.loads((REPO / "SPDSegment.json").read_text())
     assert index["build_dependencies"] == s4ext["depends"].split() and index["category"] == s4ext["category"]
     assert (REPO / "LICENSE.txt").exists()
+
+
+def test_parameter_node_choices_match_the_engine():
+    """The module file may not import the engine at file scope, so its Choice lists are literals:
+    they must list exactly what the engine accepts."""
+    import ast
+
+    from SPDSegmentLib.cpd import MODES
+    from SPDSegmentLib.intensity import PRESETS
+    from SPDSegmentLib.sam_backend import BACKENDS
+
+    tree = ast.parse((MODULE_DIR / "SPDSegment.py").read_text())
+    node = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "SPDSegmentParameterNode")
+    choices = {}
+    for stmt in node.body:
+        if isinstance(stmt, ast.AnnAssign):
+            for call in ast.walk(stmt.annotation):
+                if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "Choice":
+                    choices[stmt.target.id] = ast.literal_eval(call.args[0])
+    assert set(choices["backend"]) == set(BACKENDS)
+    assert set(choices["method"]) == set(MODES)
+    assert set(choices["intensityPreset"]) == set(PRESETS)
+    assert set(choices["device"]) == {"auto", "cpu", "cuda"}
