@@ -199,7 +199,7 @@ def train_prior(cases_dir: str | Path, out: str | Path, backend, config: TrainCo
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         head.eval()
         with torch.no_grad():
             val_loss = float(_loss(head, val, img_size, device, encoder))
