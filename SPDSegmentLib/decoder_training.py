@@ -126,7 +126,7 @@ def train_decoder(cases_dir, out, backend, prior, val_cases: tuple[str, ...] = (
                 loss.backward()
                 optimiser.step()
                 previous = (it["t"], prob.detach())
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
         history.append(float(np.mean(losses)))
         if progress:
             progress(epoch, history[-1])
