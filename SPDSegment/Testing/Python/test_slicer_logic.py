@@ -73,6 +73,7 @@ def test_curve_input_gives_a_segment_on_the_volume_geometry(cta_data, logic):
     values = [float(v) for v in ref.split(";")[:16]]
     np.testing.assert_allclose(values, [m.GetElement(r, c) for r in range(4) for c in range(4)], atol=1e-6)
     assert {"kept"} <= set(out.promptNodes)
+    assert out.summary["warnings"] == [], "the training-free prior fits this scan: no warning"
 
 
 def test_point_list_input_works(cta_data, logic):
@@ -241,3 +242,14 @@ def test_parameter_node_choices_match_the_engine():
     assert set(choices["method"]) == set(MODES)
     assert set(choices["intensityPreset"]) == set(PRESETS)
     assert set(choices["device"]) == {"auto", "cpu", "cuda"}
+
+
+def test_a_prior_that_does_not_fit_the_scan_is_reported_in_the_summary(cta_data, logic):
+    """The shipped abdominal aorta prior on the chest CTA: it rejects nearly every point; the user
+    must be told (the widget shows summary warnings), not silently handed an empty segment."""
+    volume, label, centerline = cta_data
+    volumeNode = _slab_node(volume)
+    out = logic.process(volumeNode, _curve_node(centerline, volume), None, "aorta", intensityPreset="ct-angio",
+                        prior="trained-aorta")
+    assert out.summary["counts"]["rejected"] > 4 * out.summary["counts"]["kept"]
+    assert len(out.summary["warnings"]) == 1 and "sam-votes" in out.summary["warnings"][0]
