@@ -118,6 +118,10 @@ def prior_disagreement(decisions: dict[int, SliceDecision], prior_name: str) -> 
     kept = sum(p.status == "kept" for p in own) / len(own)
     if kept >= DISAGREEMENT_WARNING_FRACTION:
         return None
+    if prior_name in ("sam-votes", "intensity"):  # training-free: the points themselves are likely off
+        return (f"the saliency prior '{prior_name}' accepted only {100 * kept:.0f}% of the centerline's points: "
+                "most points may lie off the structure, or it is hard to see; check the rejected points and the "
+                "result, or compare with method 'raw'")
     return (f"the saliency prior '{prior_name}' accepted only {100 * kept:.0f}% of the centerline's points: it may "
             "not fit this scan or anatomy; check the result, or use the training-free prior (sam-votes)")
 
