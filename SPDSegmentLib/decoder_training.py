@@ -21,6 +21,7 @@ from .centerline import slice_prompts
 from .cpd import distill
 from .intensity import volume_window
 from .io import read_label, read_volume
+from .metrics import dice
 from .noise import simulate
 from .saliency import PriorInputs
 from .skeleton import centerline_from_label
@@ -75,8 +76,7 @@ def evaluate_points(backend, items) -> float:
                 continue
             logits = _point_logits(backend.sam, it["emb"].features, it["points"], it["emb"].input_size,
                                    it["emb"].original_size, backend.predictor.transform)
-            pred = logits[0, 0].numpy() > 0
-            scores.append(2 * (pred & (it["target"] > 0)).sum() / (pred.sum() + it["target"].sum() + 1e-9))
+            scores.append(dice(logits[0, 0].numpy() > 0, it["target"]))
     return float(np.mean(scores)) if scores else 0.0
 
 

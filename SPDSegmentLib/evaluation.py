@@ -119,8 +119,10 @@ def prior_role(prior, case: Case) -> str | None:
     return "held-out"
 
 
-def evaluate_case(case: Case, backend, config: EvalConfig, severity: str, progress=None) -> tuple[list[dict], dict]:
-    """Rows of results.csv for one case and severity, plus the artefacts the report draws."""
+def evaluate_case(case: Case, backend, config: EvalConfig, severity: str, progress=None,
+                  second=None) -> tuple[list[dict], dict]:
+    """Rows of results.csv for one case and severity, plus the artefacts the report draws.
+    ``second``: the already loaded second prior (loaded here when not given)."""
     volume = read_volume(case.image, case.name)
     label_value = case.info.get("label_value", config.label_value)
     label = read_label(case.label, volume, label_value=label_value)
@@ -134,13 +136,14 @@ def evaluate_case(case: Case, backend, config: EvalConfig, severity: str, progre
     spacing = (volume.slice_spacing, *volume.in_plane_spacing)
     base = dict(tau=config.tau, context=config.context, intensity_preset=preset)
     prior = load_prior(config.prior, backend)
-    second = load_prior(config.second_prior or "intensity", backend) if "spd-prior2" in config.methods else None
-    role = prior_role(second, case) if config.second_prior and second is not None else None
+    if second is None and "spd-prior2" in config.methods:
+        second = load_prior(config.second_prior or "intensity", backend)
+    role = prior_role(second, case) if config.second_prior and "spd-prior2" in config.methods else None
     second_name = f"spd-{'trained' if config.second_prior else 'intensity'}"
     rows, masks, results, boxes = [], {}, {}, {}
     shared_saliency = None
     order = sorted(dict.fromkeys(config.methods), key=lambda m: m != "spd")  # spd first: its prior is shared
-    if config.second_prior and role is None:
+    if config.second_prior and "spd-prior2" in order and role is None:
         order.remove("spd-prior2")  # the trained prior is for another structure
     for i, method in enumerate(order):
         if progress:
@@ -172,7 +175,7 @@ def evaluate_case(case: Case, backend, config: EvalConfig, severity: str, progre
     rows.sort(key=lambda r: rank.get(r["method"], rank["spd-prior2"]))  # spd ran first; report in METHODS order
     masks = {r["method"]: masks[r["method"]] for r in rows}
     return rows, {"volume": volume, "label": label, "results": results, "masks": masks, "noise": noise,
-                  "preset": preset, "boxes": boxes, "prior_role": role, "centerline": centerline}
+                  "preset": preset, "boxes": boxes, "prior_role": role}
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -196,9 +199,10 @@ def run_evaluation(cases_dir: str | Path, out_dir: str | Path, backend, config: 
         raise ValueError(f"unknown method(s) {sorted(unknown)}; choose from {', '.join(METHODS)}")
     cases = find_cases(cases_dir)
     runs = len(cases) * len(dict.fromkeys(config.methods))
-    if config.second_prior:
-        second = load_prior(config.second_prior, backend)  # a wrong or foreign prior fails now, not after hours
-        if "spd-prior2" in config.methods:
+    second = None  # loaded once for every case (a LoRA prior copies the encoder); a bad file fails now
+    if config.second_prior or "spd-prior2" in config.methods:
+        second = load_prior(config.second_prior or "intensity", backend)
+        if config.second_prior and "spd-prior2" in config.methods:
             runs -= sum(prior_role(second, c) is None for c in cases)
     rows, artefacts = [], {}
     from tqdm import tqdm
@@ -211,7 +215,7 @@ def run_evaluation(cases_dir: str | Path, out_dir: str | Path, backend, config: 
 
         for case in cases:
             for severity in config.severities:
-                case_rows, art = evaluate_case(case, backend, config, severity, progress)
+                case_rows, art = evaluate_case(case, backend, config, severity, progress, second)
                 bar.update(1)
                 rows += case_rows
                 artefacts[(case.name, severity)] = art

@@ -6,7 +6,22 @@ from pathlib import Path
 
 import numpy as np
 
+from .metrics import dice
+
 STATUS_COLORS = {"kept": "#33dd33", "rejected": "#ff3333", "borrowed": "#33ccff", "fallback": "#ffdd00"}
+
+
+def _save(fig, path: str | Path, title: str, legend: str, fontsize: int, dpi: int) -> Path:
+    """Title + legend, tight layout, write the PNG (creating its folder), free the figure."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(f"{title}\n{legend}" if title else legend, fontsize=fontsize)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
 
 
 def pick_slices(result, count: int = 6) -> list[int]:
@@ -57,18 +72,7 @@ def overlay_png(result, path: str | Path, label_kji: np.ndarray | None = None, s
         ax.axis("off")
     legend = "mask: red; label: green" + "".join(f"; {n}: dashed" for n in other) + \
              " | prompts: kept green +, rejected red x, borrowed blue +, fallback yellow +"
-    fig.suptitle(f"{title}\n{legend}" if title else legend, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _slice_dice(a: np.ndarray, b: np.ndarray) -> float:
-    denom = a.sum() + b.sum()
-    return float(2 * (a & b).sum() / denom) if denom else 1.0
+    return _save(fig, path, title, legend, fontsize=9, dpi=110)
 
 
 def panel_slices(label_src: np.ndarray, first: np.ndarray, second: np.ndarray, decisions: dict, count: int = 2) -> list[int]:
@@ -77,7 +81,7 @@ def panel_slices(label_src: np.ndarray, first: np.ndarray, second: np.ndarray, d
     on_label = [t for t in range(len(label_src)) if label_src[t].any()]
     if not on_label:
         return []
-    chosen = [max(on_label, key=lambda t: abs(_slice_dice(first[t], label_src[t]) - _slice_dice(second[t], label_src[t])))]
+    chosen = [max(on_label, key=lambda t: abs(dice(first[t], label_src[t]) - dice(second[t], label_src[t])))]
     rejected = {t: len(d.with_status("rejected")) for t, d in decisions.items() if t in on_label}
     if rejected and max(rejected.values()) > 0:
         chosen.append(max(rejected, key=rejected.get))
@@ -100,12 +104,13 @@ def _crop(label_t: np.ndarray, points_rc: list, spacing: tuple[float, float], ma
     return slice(lo[0], hi[0]), slice(lo[1], hi[1])
 
 
-def method_panel_png(volume, label_kji: np.ndarray, masks: dict[str, np.ndarray], decisions: dict[str, dict],
+def method_panel_png(volume, label: np.ndarray, src_masks: dict[str, np.ndarray], decisions: dict[str, dict],
                      boxes: dict[str, dict], path: str | Path, slices: list[int], title: str = "",
                      window: tuple[float, float] | None = None) -> Path:
     """One row per slice, one column per method: the method's mask (red) against the label (green),
     zoomed on the structure, with that method's prompts: CPD status per point (kept green +, rejected
-    red x, borrowed blue +, fallback yellow +) or its boxes (yellow), and the slice Dice."""
+    red x, borrowed blue +, fallback yellow +) or its boxes (yellow), and the slice Dice. ``label`` and
+    ``src_masks`` are boolean and in slice order (``volume.slices()``), as the report already has them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,9 +118,7 @@ def method_panel_png(volume, label_kji: np.ndarray, masks: dict[str, np.ndarray]
     from matplotlib.patches import Rectangle
 
     images = volume.slices()
-    label = volume.with_array(label_kji).slices().astype(bool)
-    src_masks = {k: volume.with_array(v).slices().astype(bool) for k, v in masks.items()}
-    names = list(masks)
+    names = list(src_masks)
     lo, hi = window or (float(np.percentile(images[slices], 1)), float(np.percentile(images[slices], 99)))
     fig, axes = plt.subplots(len(slices), len(names), figsize=(2.2 * len(names), 2.5 * len(slices)), squeeze=False)
     for row, t in zip(axes, slices):
@@ -134,14 +137,8 @@ def method_panel_png(volume, label_kji: np.ndarray, masks: dict[str, np.ndarray]
                 for p in decisions[name][t].points:
                     ax.plot(p.col - off[1], p.row - off[0], marker="x" if p.status == "rejected" else "+",
                             color=STATUS_COLORS[p.status], markersize=6, mew=1.3)
-            ax.set_title(f"{name}\nslice {t}: Dice {_slice_dice(src_masks[name][t], label[t]):.2f}", fontsize=7)
+            ax.set_title(f"{name}\nslice {t}: Dice {dice(src_masks[name][t], label[t]):.2f}", fontsize=7)
             ax.axis("off")
     legend = ("mask red, label green; prompts: kept green +, rejected red x, borrowed blue +, fallback yellow +; "
               "boxes yellow")
-    fig.suptitle(f"{title}\n{legend}" if title else legend, fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title, legend, fontsize=8, dpi=90)

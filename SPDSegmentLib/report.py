@@ -72,8 +72,8 @@ def method_panel(art: dict, out: Path, case: str, severity: str) -> str | None:
     results, masks = art["results"], art["masks"]
     if "spd" not in results or "raw" not in masks:
         return None
-    volume, label = art["volume"], art["label"]
-    label_src = volume.with_array(label).slices().astype(bool)
+    volume = art["volume"]
+    label_src = volume.with_array(art["label"]).slices().astype(bool)
     src = {k: volume.with_array(v).slices().astype(bool) for k, v in masks.items()}
     slices = panel_slices(label_src, src["raw"], src["spd"], results["spd"].decisions)
     if not slices:
@@ -82,7 +82,7 @@ def method_panel(art: dict, out: Path, case: str, severity: str) -> str | None:
     if "box" in masks and "raw" in results:
         decisions["box"] = results["raw"].decisions  # the points its boxes were drawn around
     png = f"panel_{case}_{severity}.png"
-    method_panel_png(volume, label, masks, decisions, art.get("boxes", {}), out / png, slices,
+    method_panel_png(volume, label_src, src, decisions, art.get("boxes", {}), out / png, slices,
                      title=f"{case} ({severity})")
     return png
 

@@ -22,6 +22,7 @@ import numpy as np
 from .cases import Case, find_cases
 from .intensity import volume_window
 from .io import read_label, read_volume
+from .metrics import dice
 from .saliency import TrainedSaliencyPrior, build_saliency_head, head_logits_to_slice
 
 log = logging.getLogger(__name__)
@@ -140,8 +141,7 @@ def _val_dice(head, samples, img_size, device, taus: tuple[float, ...], encoder=
                                           img_size)
             prob = torch.sigmoid(logits)[0, 0].cpu().numpy()
             for tau in taus:
-                pred = prob > tau
-                scores[tau].append(2 * (pred & (s.target > 0)).sum() / (pred.sum() + s.target.sum() + 1e-9))
+                scores[tau].append(dice(prob > tau, s.target))
     return {tau: float(np.mean(v)) if v else 0.0 for tau, v in scores.items()}
 
 
