@@ -14,7 +14,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from SPDSegmentLogic import SPDInputError, SPDSegmentLogic as _MRMLEngineLogic
+from SPDSegmentLib.frontends.mrml_logic import SPDInputError, SPDSegmentLogic as _MRMLEngineLogic
 
 REQUIREMENTS = os.path.join(os.path.dirname(__file__), "Resources", "requirements.txt")
 
@@ -222,7 +222,7 @@ class SPDSegmentTest(ScriptedLoadableModuleTest):
     def _loadCTA(self, k0=40, k1=52):
         import numpy as np
 
-        from SPDSegmentLib import sample_data
+        from SPDSegmentLib.evaluation import sample_data
         from SPDSegmentLib.io import read_label, read_volume
 
         if not sample_data.is_fetched():
@@ -238,8 +238,8 @@ class SPDSegmentTest(ScriptedLoadableModuleTest):
     def test_curve_centerline_segments_the_aorta(self):
         import numpy as np
 
-        from SPDSegmentLib.metrics import dice
-        from SPDSegmentLib.skeleton import centerline_from_label
+        from SPDSegmentLib.evaluation.metrics import dice
+        from SPDSegmentLib.evaluation.skeleton import centerline_from_label
 
         self.delayDisplay("Loading the CTA sample")
         volumeNode, label, volume, full_label = self._loadCTA()

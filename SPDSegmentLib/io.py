@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .centerline import Centerline
+from .method.prompts import Centerline
 from .volume import Volume, lps_ras_flip
 
 VOLUME_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".mha", ".mhd")

@@ -20,13 +20,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from SPDSegmentLib import sample_data  # noqa: E402
-from SPDSegmentLib.centerline import Centerline  # noqa: E402
+from SPDSegmentLib.method.prompts import Centerline  # noqa: E402
 from SPDSegmentLib.io import read_label, read_volume  # noqa: E402
-from SPDSegmentLib.noise import simulate  # noqa: E402
-from SPDSegmentLib.pipeline import SegmentParams, segment  # noqa: E402
-from SPDSegmentLib.saliency import load_prior  # noqa: E402
-from SPDSegmentLib.sam_backend import load_backend  # noqa: E402
-from SPDSegmentLib.skeleton import centerline_from_label  # noqa: E402
+from SPDSegmentLib.evaluation.noise import simulate  # noqa: E402
+from SPDSegmentLib.method.pipeline import SegmentParams, segment  # noqa: E402
+from SPDSegmentLib.method.saliency import load_prior  # noqa: E402
+from SPDSegmentLib.sam.backend import load_backend  # noqa: E402
+from SPDSegmentLib.evaluation.skeleton import centerline_from_label  # noqa: E402
 
 
 def main() -> None:

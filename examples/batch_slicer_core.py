@@ -21,7 +21,7 @@ import slicer  # noqa: E402
 
 from SPDSegmentLib import sample_data  # noqa: E402
 from SPDSegmentLib.io import read_label  # noqa: E402
-from SPDSegmentLib.skeleton import centerline_from_label  # noqa: E402
+from SPDSegmentLib.evaluation.skeleton import centerline_from_label  # noqa: E402
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
     volume_id = slicer.modules.volumes.logic().AddArchetypeVolume(str(sample_data.path("cta/image.nii.gz")), "CTA")
     volumeNode = volume_id if not isinstance(volume_id, str) else slicer.mrmlScene.GetNodeByID(volume_id)
     # a curve along the aorta from 30 to 60 mm above the lowest slice
-    engine_volume = __import__("SPDSegmentLogic").SPDSegmentLogic.volumeFromNode(volumeNode)
+    engine_volume = __import__("SPDSegmentLib.frontends.mrml_logic", fromlist=["x"]).SPDSegmentLogic.volumeFromNode(volumeNode)
     label = read_label(sample_data.path("cta/aorta.nii.gz"), engine_volume)
     points = centerline_from_label(engine_volume, label).points_ras
     src = engine_volume.ras_to_src(points)

@@ -11,12 +11,12 @@ import slicer
 import vtk
 
 import SPDSegment
-from SPDSegmentLogic import SPDInputError
-from SPDSegmentLib import sample_data
-from SPDSegmentLib.centerline import Centerline
+from SPDSegmentLib.frontends.mrml_logic import SPDInputError
+from SPDSegmentLib.evaluation import sample_data
+from SPDSegmentLib.method.prompts import Centerline
 from SPDSegmentLib.io import read_label, read_markups, read_segmentation, read_volume, write_centerline
-from SPDSegmentLib.metrics import dice
-from SPDSegmentLib.skeleton import centerline_from_label
+from SPDSegmentLib.evaluation.metrics import dice
+from SPDSegmentLib.evaluation.skeleton import centerline_from_label
 
 K0, K1 = 40, 50
 MODULE_DIR = Path(SPDSegment.__file__).resolve().parent
@@ -226,9 +226,9 @@ def test_parameter_node_choices_match_the_engine():
     they must list exactly what the engine accepts."""
     import ast
 
-    from SPDSegmentLib.cpd import MODES
-    from SPDSegmentLib.intensity import PRESETS
-    from SPDSegmentLib.sam_backend import BACKENDS
+    from SPDSegmentLib.method.cpd import MODES
+    from SPDSegmentLib.method.windowing import PRESETS
+    from SPDSegmentLib.sam.backend import BACKENDS
 
     tree = ast.parse((MODULE_DIR / "SPDSegment.py").read_text())
     node = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "SPDSegmentParameterNode")

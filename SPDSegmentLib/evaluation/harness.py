@@ -1,0 +1,227 @@
+"""Evaluation harness: every method on every case and noise severity, same frozen SAM, same prompts.
+
+Methods (only the prompt set or the prior changes; LiteMedSAM, windowing and slices are shared):
+  raw          all centerline points of each slice, rendered like SPD's
+  random       a seeded random half of the raw points, same rendering and the same prior maps
+  box          MedSAM-style: one box around each slice's raw points plus a margin (no prior)
+  local        CPD local validation only
+  spd          CPD consensus (local + dual-validated borrowing)
+  spd+psc      SPD with the inference-time slice-consistency step
+  spd-<prior>  SPD with the second prior: a trained prior (file or shipped name) when given, else the
+               intensity prior. A trained prior runs only on cases of the structure it was trained for,
+               and each case is tagged with its role for that prior (train / validation / held-out).
+  label-box    upper bound: a box around each label component (+5 px) on every label slice
+Embeddings are cached in the backend, so each slice of a case is encoded once for all methods and
+severities; the prior maps are computed once per case and severity and shared by the methods.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from .cases import Case, find_cases
+from ..method.prompts import Centerline, slice_prompts
+from ..method.windowing import volume_window
+from ..io import read_label, read_markups, read_volume
+from .metrics import evaluate
+from .noise import SEVERITIES, simulate
+from ..method.pipeline import SegmentParams, segment
+from ..method.saliency import load_prior
+from .skeleton import centerline_from_label
+
+METHODS = ("raw", "random", "box", "local", "spd", "spd+psc", "spd-prior2", "label-box")
+COLUMNS = ("case", "method", "severity", "dsc", "iou", "hd95_mm", "asd_mm", "volumetric_dsc", "slice_dsc", "seconds")
+
+
+@dataclass
+class EvalConfig:
+    methods: tuple[str, ...] = METHODS
+    severities: tuple[str, ...] = ("clinical",)
+    seed: int = 0
+    label_value: int | None = None
+    prior: str = "sam-votes"
+    second_prior: str | None = None  # a trained prior.pt; None -> the intensity prior
+    tau: float | None = None
+    context: int = 2
+
+
+def _box_prompts_masks(volume, backend, preset: str, boxes_per_slice: dict[int, list]) -> np.ndarray:
+    window = volume_window(volume, preset)
+    src = volume.slices()
+    out = np.zeros((volume.num_slices, *volume.slice_shape), dtype=np.uint8)
+    for t, boxes in boxes_per_slice.items():
+        if not boxes:
+            continue
+        emb = backend.embed(window.apply(src[t]))
+        masks, _ = backend.decode_boxes(emb, np.array(boxes, dtype=float))
+        out[t] = masks.any(axis=0)
+    return volume.to_array_order(out)
+
+
+def _raw_point_boxes(volume, prompts, margin_mm: float = 10.0) -> dict[int, list]:
+    """MedSAM-style baseline: per slice, per crossing group, the points' bounding box + margin."""
+    margin = margin_mm / np.asarray(volume.in_plane_spacing)
+    rows, cols = volume.slice_shape
+    out = {}
+    for t, pts in prompts.items():
+        boxes = []
+        for g in sorted({p.group for p in pts}):
+            rc = np.array([[p.row, p.col] for p in pts if p.group == g])
+            r0, c0 = np.maximum(rc.min(0) - margin, 0)
+            r1, c1 = np.minimum(rc.max(0) + margin, [rows - 1, cols - 1])
+            boxes.append((r0, c0, r1, c1))
+        out[t] = boxes
+    return out
+
+
+def _label_boxes(volume, label_src: np.ndarray, margin_px: int = 5) -> dict[int, list]:
+    out = {}
+    rows, cols = volume.slice_shape
+    for t in range(len(label_src)):
+        if not label_src[t].any():
+            continue
+        labelled, n = ndimage.label(label_src[t])
+        boxes = []
+        for sl in ndimage.find_objects(labelled):
+            boxes.append((max(sl[0].start - margin_px, 0), max(sl[1].start - margin_px, 0),
+                          min(sl[0].stop - 1 + margin_px, rows - 1), min(sl[1].stop - 1 + margin_px, cols - 1)))
+        out[t] = boxes
+    return out
+
+
+def _random_half(centerline: Centerline, seed: int) -> Centerline:
+    rng = np.random.default_rng(seed + 7919)
+    keep = rng.random(len(centerline.points_ras)) < 0.5
+    keep[rng.integers(len(keep))] = True
+    return Centerline(centerline.points_ras[keep], centerline.ordered, centerline.name + "-random")
+
+
+def prior_role(prior, case: Case) -> str | None:
+    """How a trained prior relates to a case: "train", "validation", "held-out", or None when the
+    prior was trained for another structure (it is then not run on the case)."""
+    meta = getattr(prior, "metadata", None)
+    if meta is None:
+        return "held-out"
+    structures = set(meta.get("structures", ()))
+    structure = case.info.get("structure")
+    if structures and structure and structure not in structures:
+        return None
+    if case.name in meta.get("train_cases", ()):
+        return "train"
+    if case.name in meta.get("val_cases", ()):
+        return "validation"
+    return "held-out"
+
+
+def evaluate_case(case: Case, backend, config: EvalConfig, severity: str, progress=None,
+                  second=None) -> tuple[list[dict], dict]:
+    """Rows of results.csv for one case and severity, plus the artefacts the report draws.
+    ``second``: the already loaded second prior (loaded here when not given)."""
+    volume = read_volume(case.image, case.name)
+    label_value = case.info.get("label_value", config.label_value)
+    label = read_label(case.label, volume, label_value=label_value)
+    preset = case.info.get("preset", "auto")
+    if case.centerline is not None:
+        centerline, noise = read_markups(case.centerline), {"source": "given centerline.mrk.json"}
+    else:
+        noisy = simulate(centerline_from_label(volume, label), volume, label, severity, seed=config.seed)
+        centerline, noise = noisy.centerline, noisy.model.as_dict()
+    ref = volume.with_array(label).slices()
+    spacing = (volume.slice_spacing, *volume.in_plane_spacing)
+    base = dict(tau=config.tau, context=config.context, intensity_preset=preset)
+    prior = load_prior(config.prior, backend)
+    if second is None and "spd-prior2" in config.methods:
+        second = load_prior(config.second_prior or "intensity", backend)
+    role = prior_role(second, case) if config.second_prior and "spd-prior2" in config.methods else None
+    second_name = f"spd-{'trained' if config.second_prior else 'intensity'}"
+    rows, masks, results, boxes = [], {}, {}, {}
+    shared_saliency = None
+    order = sorted(dict.fromkeys(config.methods), key=lambda m: m != "spd")  # spd first: its prior is shared
+    if config.second_prior and "spd-prior2" in order and role is None:
+        order.remove("spd-prior2")  # the trained prior is for another structure
+    for i, method in enumerate(order):
+        if progress:
+            progress(case.name, severity, method, i, len(order))
+        start = time.perf_counter()
+        name = second_name if method == "spd-prior2" else method
+        if method in ("raw", "local", "spd", "spd+psc", "random"):
+            params = SegmentParams(method={"spd+psc": "spd", "random": "raw"}.get(method, method),
+                                   consistency=method == "spd+psc", **base)
+            prompts = _random_half(centerline, config.seed) if method == "random" else centerline
+            result = segment(volume, prompts, backend, prior, params, saliency=shared_saliency)
+            if method != "random":  # the maps of the full prompt set are the ones to share
+                shared_saliency = shared_saliency or result.saliency_maps
+            results[name] = result
+        elif method == "spd-prior2":
+            results[name] = result = segment(volume, centerline, backend, second, SegmentParams(method="spd", **base))
+        elif method == "box":
+            boxes[name] = _raw_point_boxes(volume, slice_prompts(centerline, volume))
+        elif method == "label-box":
+            boxes[name] = _label_boxes(volume, ref)
+        else:
+            raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+        mask = results[name].mask if name in results else _box_prompts_masks(volume, backend, preset, boxes[name])
+        seconds = time.perf_counter() - start
+        scores = evaluate(volume.with_array(mask).slices(), ref, spacing)
+        rows.append({"case": case.name, "method": name, "severity": severity, **scores, "seconds": seconds})
+        masks[name] = mask
+    rank = {m: i for i, m in enumerate(METHODS)}
+    rows.sort(key=lambda r: rank.get(r["method"], rank["spd-prior2"]))  # spd ran first; report in METHODS order
+    masks = {r["method"]: masks[r["method"]] for r in rows}
+    return rows, {"volume": volume, "label": label, "results": results, "masks": masks, "noise": noise,
+                  "preset": preset, "boxes": boxes, "prior_role": role}
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k]) for k in COLUMNS})
+
+
+def run_evaluation(cases_dir: str | Path, out_dir: str | Path, backend, config: EvalConfig, log=print) -> list[dict]:
+    from .report import write_report
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for severity in config.severities:
+        if severity not in SEVERITIES:
+            raise ValueError(f"unknown severity {severity!r}; choose from {', '.join(SEVERITIES)}")
+    unknown = set(config.methods) - set(METHODS)
+    if unknown:
+        raise ValueError(f"unknown method(s) {sorted(unknown)}; choose from {', '.join(METHODS)}")
+    cases = find_cases(cases_dir)
+    runs = len(cases) * len(dict.fromkeys(config.methods))
+    second = None  # loaded once for every case (a LoRA prior copies the encoder); a bad file fails now
+    if config.second_prior or "spd-prior2" in config.methods:
+        second = load_prior(config.second_prior or "intensity", backend)
+        if config.second_prior and "spd-prior2" in config.methods:
+            runs -= sum(prior_role(second, c) is None for c in cases)
+    rows, artefacts = [], {}
+    from tqdm import tqdm
+
+    with tqdm(total=runs * len(config.severities), desc="evaluate", unit="run") as bar:
+        def progress(case, severity, method, i, n):
+            bar.set_postfix_str(f"{case} {severity} {method}")
+            if i:
+                bar.update(1)
+
+        for case in cases:
+            for severity in config.severities:
+                case_rows, art = evaluate_case(case, backend, config, severity, progress, second)
+                bar.update(1)
+                rows += case_rows
+                artefacts[(case.name, severity)] = art
+                write_csv(rows, out / "results.csv")  # keep partial results if interrupted
+            backend.cache.clear(disk=False)  # embeddings of finished cases are not needed again
+    write_report(rows, artefacts, cases, config, out)
+    (out / "config.json").write_text(json.dumps({**config.__dict__, "backend": backend.identity}, indent=2, default=str))
+    log(f"results: {out / 'results.csv'}; report: {out / 'report.md'}")
+    return rows

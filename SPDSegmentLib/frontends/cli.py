@@ -1,0 +1,306 @@
+"""Command line: ``python -m SPDSegmentLib <command>``; ``--help`` on each command explains it."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .. import __version__
+
+log = logging.getLogger("SPDSegmentLib")
+
+
+class TqdmProgress:
+    """Terminal progress bar fed by the pipeline's ``progress(fraction, message)`` callback."""
+
+    def __init__(self, desc: str, enabled: bool = True) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=1000, desc=desc, disable=not enabled, file=sys.stderr,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
+
+    def __call__(self, fraction: float, message: str) -> None:
+        self.bar.n = int(1000 * fraction)
+        self.bar.set_postfix_str(message, refresh=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _add_engine_options(p: argparse.ArgumentParser) -> None:
+    from ..method.cpd import FALLBACKS, MODES
+    from ..method.windowing import PRESETS
+    from ..sam.backend import BACKENDS
+
+    g = p.add_argument_group("method")
+    g.add_argument("--method", choices=MODES, default="spd",
+                   help="spd: distilled consensus prompts (default); raw: every centerline point as is; "
+                        "local: saliency check on the slice's own points only")
+    g.add_argument("--prior", default="sam-votes", metavar="sam-votes|intensity|trained-aorta|FILE",
+                   help="saliency prior: 'sam-votes' (training-free, default), 'intensity' (training-free, "
+                        "no SAM, for homogeneous structures), a shipped trained prior ('trained-aorta') or a "
+                        "prior.pt made by train-prior")
+    g.add_argument("--tau", type=float, default=None, help="saliency threshold (default: the prior's, 0.5)")
+    g.add_argument("--context", type=int, default=2, help="neighbouring slices per side for CPD (default 2)")
+    g.add_argument("--consistency", action="store_true",
+                   help="let each slice's mask guide the next one (one direction)")
+    g.add_argument("--fallback", choices=FALLBACKS, default="empty",
+                   help="slice with no consensus point: leave empty (default) or use the saliency peak")
+    g.add_argument("--preset", choices=PRESETS, default="auto",
+                   help="intensity window: CT presets by HU, 'mri' by percentiles, 'auto' guesses")
+    g = p.add_argument_group("model")
+    g.add_argument("--backend", choices=BACKENDS, default="litemedsam",
+                   help="litemedsam: bundled LiteMedSAM (default); sam_vit_b/l/h: official SAM, needs --checkpoint")
+    g.add_argument("--checkpoint", type=Path, help="SAM checkpoint file (official SAM); never downloaded")
+    g.add_argument("--decoder", type=Path, help="mask decoder fine-tuned by train-decoder (enables point prompts)")
+    g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    g.add_argument("--cache-dir", type=Path, help="folder that keeps image embeddings between runs")
+
+
+def _add_training_options(p: argparse.ArgumentParser) -> None:
+    from ..sam.backend import BACKENDS
+
+    p.add_argument("--use-cases", nargs="*", default=(),
+                   help="only these case names of --cases (training + validation); default: all")
+    p.add_argument("--val-cases", nargs="*", default=(), help="case names held out for validation")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", choices=BACKENDS, default="litemedsam")
+    p.add_argument("--checkpoint", type=Path, help="SAM checkpoint file (official SAM)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "spdsegment" / "embeddings",
+                   help="embedding cache folder (default ~/.cache/spdsegment/embeddings)")
+
+
+def _add_evaluation_options(p: argparse.ArgumentParser, second_prior_default: str | None) -> None:
+    p.add_argument("--out", type=Path, required=True, help="output folder: results.csv, report.md, PNGs")
+    p.add_argument("--methods", nargs="+", default=None, help="subset of: raw random box local spd spd+psc "
+                                                                  "spd-prior2 label-box (default: all)")
+    p.add_argument("--severity", nargs="+", default=["clinical"], help="mild clinical severe (default clinical)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--label-value", type=int, default=None, help="label value of the target in multi-label maps")
+    p.add_argument("--second-prior", default=second_prior_default,
+                   help="trained prior (prior.pt or a shipped name such as trained-aorta) for the spd-prior2 "
+                        f"method; 'intensity' for the intensity prior (default: {second_prior_default or 'intensity'})")
+    _add_engine_options(p)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m SPDSegmentLib",
+        description="SPDSegment: segment a tubular structure (vessel, bowel, duct) from a rough centerline "
+                    "with SAM and saliency-guided prompt distillation.")
+    parser.add_argument("--version", action="version", version=__version__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("segment", help="segment one volume from one centerline",
+                       description="Segment the structure a centerline runs through and write a Slicer "
+                                   ".seg.nrrd. Example: python -m SPDSegmentLib segment --volume ct.nrrd "
+                                   "--centerline aorta.mrk.json --out aorta.seg.nrrd --preset ct-angio")
+    p.add_argument("--volume", required=True, type=Path,
+                   help="image: .nrrd, .nii(.gz), .mha, or a folder holding one DICOM series")
+    p.add_argument("--centerline", required=True, type=Path,
+                   help="Slicer markups .mrk.json: a curve or a point list along the structure")
+    p.add_argument("--out", required=True, type=Path, help="output segmentation, must end in .seg.nrrd")
+    p.add_argument("--segment-name", default=None, help="segment name (default: the centerline's name)")
+    p.add_argument("--saliency-out", type=Path, help="also write the saliency map (.nrrd / .nii.gz)")
+    p.add_argument("--prompts-out", type=Path,
+                   help="also write the audited prompts as a .mrk.json point list (labels: kept/rejected/...)")
+    p.add_argument("--png", type=Path, help="also write a PNG overlay of a few slices")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_engine_options(p)
+
+    p = sub.add_parser("demo", help="run raw-prompt SAM vs SPD on the bundled real CTA aorta",
+                       description="Segment the aorta of a real chest CT angiogram (TotalSegmentator test data) "
+                                   "from a simulated noisy centerline with raw prompts and with SPD, print "
+                                   "Dice/HD95, write the .seg.nrrd and PNG overlays.")
+    p.add_argument("--out", type=Path, default=Path("output/demo"), help="output folder (default output/demo)")
+    p.add_argument("--severity", default="clinical", help="noise level: mild, clinical or severe")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    _add_engine_options(p)
+
+    p = sub.add_parser("build-cases", help="write an evaluation case folder from the fetched real sample data",
+                       description="Writes DIR/<case>/image + label.nii.gz + case.json for the CTA aorta and every "
+                                   "tubular label (aorta, IVC, colon, small bowel, ...) of the abdominal CT, CT-DICOM "
+                                   "and MRI samples with enough labelled slices.")
+    p.add_argument("--out", type=Path, required=True, help="case folder to write")
+    p.add_argument("--min-slices", type=int, default=10, help="skip labels on fewer slices (default 10)")
+
+    p = sub.add_parser("evaluate", help="compare raw prompts, baselines and SPD on a folder of cases",
+                       description="Cases: DIR/<case>/image.(nii.gz|nrrd|mha) or image/ (DICOM), label.(nii.gz|nrrd|"
+                                   "seg.nrrd), optional centerline.mrk.json (else simulated from the label), optional "
+                                   "case.json. Writes OUT/results.csv, OUT/report.md and PNG figures.")
+    p.add_argument("--cases", type=Path, required=True)
+    _add_evaluation_options(p, second_prior_default=None)
+
+    p = sub.add_parser("evaluate-sample", help="build the case folder from the fetched sample data and evaluate it",
+                       description="One command for the README's evaluation: build-cases (when the case folder is "
+                                   "missing) then evaluate with the shipped trained prior as the second prior.")
+    p.add_argument("--cases", type=Path, default=Path.home() / ".cache" / "spdsegment" / "cases",
+                   help="case folder, built when missing (default ~/.cache/spdsegment/cases)")
+    _add_evaluation_options(p, second_prior_default="trained-aorta")
+
+    p = sub.add_parser("train-prior", help="train the saliency head (stage 1) on labelled cases",
+                       description="Trains the saliency head on frozen SAM image embeddings (cached on disk) with "
+                                   "Dice + Focal loss, split by case, early stopping; writes prior.pt and PNGs of the "
+                                   "loss curves and of validation saliency maps.")
+    p.add_argument("--cases", type=Path, required=True, help="case folder (see evaluate)")
+    p.add_argument("--out", type=Path, required=True, help="output prior file, e.g. prior.pt")
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--lora-rank", type=int, default=0,
+                   help="also adapt the SAM encoder with LoRA of this rank on its attention (default 0: frozen "
+                        "encoder; slow without a GPU)")
+    _add_training_options(p)
+
+    p = sub.add_parser("train-decoder", help="fine-tune SAM's mask decoder on consensus prompts with PSC (stage 2)",
+                       description="Fine-tunes only the mask decoder on CPD consensus point prompts from simulated "
+                                   "noisy centerlines; loss Dice + Focal + lambda * PSC (one direction). Reports "
+                                   "point-only validation Dice before and after.")
+    p.add_argument("--cases", type=Path, required=True)
+    p.add_argument("--prior", required=True, help="prior.pt from train-prior, or sam-votes / intensity")
+    p.add_argument("--out", type=Path, required=True, help="output decoder file, e.g. decoder.pt")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--lambda-psc", type=float, default=0.5, help="weight of the pairwise slice consistency loss")
+    _add_training_options(p)
+
+    p = sub.add_parser("fetch-data", help="set-up step: fetch the real sample data through pip (once)",
+                       description="Downloads the TotalSegmentator 2.18.0 source distribution with pip, "
+                                   "verifies its sha256 and extracts the test volumes and labels into the cache "
+                                   "folder ($SPDSEGMENT_DATA or ~/.cache/spdsegment/data).")
+    p.add_argument("--sdist", type=Path, help="use this already-downloaded sdist instead of asking pip")
+    return parser
+
+
+def _backend_and_prior(args):
+    from ..sam.embedding_cache import EmbeddingCache
+    from ..method.saliency import load_prior
+    from ..sam.backend import load_backend
+
+    cache = EmbeddingCache(folder=args.cache_dir) if args.cache_dir else None
+    backend = load_backend(args.backend, args.checkpoint, args.device, cache)
+    if getattr(args, "decoder", None):
+        from ..training.decoder import load_decoder
+
+        load_decoder(backend, args.decoder)
+    return backend, load_prior(args.prior, backend)
+
+
+def _params(args):
+    from ..method.pipeline import SegmentParams
+
+    return SegmentParams(method=args.method, tau=args.tau, context=args.context, consistency=args.consistency,
+                         fallback=args.fallback, intensity_preset=args.preset)
+
+
+def cmd_segment(args) -> int:
+    from ..evaluation.figures import overlay_png
+    from ..io import guard_output, read_markups, read_volume, write_markups, write_segmentation, write_volume
+    from .outputs import audit_markups
+    from ..method.pipeline import segment
+
+    for out in [args.out, args.saliency_out, args.prompts_out, args.png]:
+        if out is not None:
+            guard_output(out, args.overwrite)  # fail before the long run, not after
+    if not str(args.out).endswith(".seg.nrrd"):
+        raise ValueError(f"--out must end in .seg.nrrd, got {args.out}")
+    volume = read_volume(args.volume)
+    centerline = read_markups(args.centerline)
+    backend, prior = _backend_and_prior(args)
+    bar = TqdmProgress("SPDSegment", not args.quiet)
+    try:
+        result = segment(volume, centerline, backend, prior, _params(args), progress=bar)
+    finally:
+        bar.close()
+    name = args.segment_name or centerline.name
+    write_segmentation(volume, {name: result.mask}, args.out, overwrite=args.overwrite)
+    if args.saliency_out:
+        write_volume(volume.with_array(result.saliency, "saliency"), args.saliency_out, overwrite=args.overwrite)
+    if args.prompts_out:
+        write_markups(args.prompts_out, audit_markups(result), overwrite=args.overwrite)
+    if args.png:
+        overlay_png(result, args.png, title=f"{name}: {args.method}")
+    print(json.dumps({"output": str(args.out), **result.summary()}, indent=2, default=str))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from ..io import InputError
+    from ..method.pipeline import Cancelled
+    from ..sam.backend import CheckpointError
+    from ..method.saliency import PriorFileError
+    from ..evaluation.sample_data import SampleDataMissing
+
+    try:
+        if args.command == "segment":
+            return cmd_segment(args)
+        if args.command == "demo":
+            from .demo import run_demo
+
+            return run_demo(args)
+        if args.command == "build-cases":
+            from ..evaluation.cases import build_sample_cases
+
+            build_sample_cases(args.out, args.min_slices)
+            return 0
+        if args.command in ("evaluate", "evaluate-sample"):
+            from ..evaluation.harness import METHODS, EvalConfig, run_evaluation
+
+            if args.command == "evaluate-sample" and not args.cases.exists():
+                from ..evaluation.cases import build_sample_cases
+
+                build_sample_cases(args.cases)
+            backend, _ = _backend_and_prior(args)
+            second = None if args.second_prior in (None, "intensity") else args.second_prior
+            config = EvalConfig(methods=tuple(args.methods or METHODS), severities=tuple(args.severity),
+                                seed=args.seed, label_value=args.label_value, prior=args.prior,
+                                second_prior=second, tau=args.tau, context=args.context)
+            run_evaluation(args.cases, args.out, backend, config)
+            return 0
+        if args.command == "train-prior":
+            from ..sam.embedding_cache import EmbeddingCache
+            from ..sam.backend import load_backend
+            from ..training.prior import TrainConfig, train_prior, write_summary
+
+            backend = load_backend(args.backend, args.checkpoint, args.device, EmbeddingCache(folder=args.cache_dir))
+            config = TrainConfig(epochs=args.epochs, seed=args.seed, val_cases=tuple(args.val_cases),
+                                 use_cases=tuple(args.use_cases), lora_rank=args.lora_rank)
+            summary = train_prior(args.cases, args.out, backend, config, png_dir=args.out.parent,
+                                  progress=lambda e, t, v: print(f"epoch {e + 1}: train {t:.4f}  val {v:.4f}",
+                                                                 file=sys.stderr))
+            write_summary(summary, args.out.with_suffix(".json"))
+            print(json.dumps(summary, indent=2, default=float))
+            return 0
+        if args.command == "train-decoder":
+            from ..training.decoder import train_decoder
+            from ..sam.embedding_cache import EmbeddingCache
+            from ..method.saliency import load_prior
+            from ..sam.backend import load_backend
+
+            backend = load_backend(args.backend, args.checkpoint, args.device, EmbeddingCache(folder=args.cache_dir))
+            summary = train_decoder(args.cases, args.out, backend, load_prior(args.prior, backend),
+                                    tuple(args.val_cases), args.epochs, lambda_psc=args.lambda_psc, seed=args.seed,
+                                    use_cases=tuple(args.use_cases),
+                                    progress=lambda e, l: print(f"epoch {e + 1}: loss {l:.4f}", file=sys.stderr))
+            print(json.dumps(summary, indent=2, default=float))
+            return 0
+        if args.command == "fetch-data":
+            from ..evaluation.sample_data import fetch
+
+            fetch(args.sdist)
+            return 0
+    except (InputError, CheckpointError, PriorFileError, SampleDataMissing, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Cancelled as exc:
+        print(f"cancelled: {exc}", file=sys.stderr)
+        return 130
+    parser.error(f"unknown command {args.command}")
+    return 2

@@ -1,0 +1,252 @@
+"""The volume pipeline: centerline -> per-slice prompts -> saliency -> CPD -> SAM -> 3D mask.
+
+Everything the method compares is a parameter of :class:`SegmentParams`, so the raw-prompt baseline
+and SPD run with the same backend, windowing, rendering and slices ("everything else equal").
+Only slices inside the centerline's slice extent +- ``context`` are processed, and SAM encodes only
+the slices that are decoded or that a trained prior needs. Nothing is written to disk here.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+from scipy import ndimage
+
+from .prompts import Centerline, SlicePrompts, prompt_extent, slice_prompts
+from .cpd import FALLBACKS, MODES, SliceDecision, distill
+from .windowing import volume_window
+from .rendering import RenderedPrompt, render, structure_radius_px
+from .saliency import PriorInputs, SaliencyPrior
+from ..volume import Volume
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[float, str], None]
+CancelCheck = Callable[[], bool]
+
+
+class Cancelled(RuntimeError):
+    """The user cancelled; nothing was written."""
+
+
+@dataclass
+class SegmentParams:
+    """Knobs of one run. ``tau=None`` takes the prior's own default."""
+
+    method: str = "spd"  # raw | local | spd
+    tau: float | None = None
+    context: int = 2
+    consistency: bool = False  # inference-time previous-slice guidance (one direction)
+    fallback: str = "empty"  # empty | peak
+    intensity_preset: str = "auto"
+    group_distance_mm: float = 10.0
+    box_with_points: bool | None = None  # None: the backend's default (False for box backends)
+
+    def validate(self) -> None:
+        if self.method not in MODES:
+            raise ValueError(f"method must be one of {MODES}, got {self.method!r}")
+        if self.fallback not in FALLBACKS:
+            raise ValueError(f"fallback must be one of {FALLBACKS}, got {self.fallback!r}")
+        if self.tau is not None and not 0.0 <= self.tau < 1.0:
+            raise ValueError(f"tau must lie in [0, 1), got {self.tau}")
+        if not 0 <= self.context <= 10:
+            raise ValueError(f"context (slices per side) must lie in 0..10, got {self.context}")
+
+
+@dataclass
+class SegmentationResult:
+    """3D outputs in the input's array order ``[k, j, i]``, plus the audit trail."""
+
+    volume: Volume
+    mask: np.ndarray  # uint8
+    prompts: SlicePrompts
+    decisions: dict[int, SliceDecision]
+    processed_slices: list[int]
+    tau: float
+    params: SegmentParams
+    timings: dict[str, float] = field(default_factory=dict)
+    encode_calls: int = 0
+    saliency_maps: dict[int, np.ndarray] = field(default_factory=dict)  # per processed slice
+    warnings: list[str] = field(default_factory=list)  # for the user: things that make the result doubtful
+
+    @property
+    def saliency(self) -> np.ndarray:
+        """The saliency maps as a float32 volume in array order (0 outside processed slices)."""
+        src = np.zeros((self.volume.num_slices, *self.volume.slice_shape), dtype=np.float32)
+        for t, m in self.saliency_maps.items():
+            src[t] = m
+        return self.volume.to_array_order(src).copy()
+
+    def counts(self) -> dict[str, int]:
+        out = {"kept": 0, "rejected": 0, "borrowed": 0, "fallback": 0, "empty_slices": 0}
+        for d in self.decisions.values():
+            for p in d.points:
+                out[p.status] += 1
+            out["empty_slices"] += "empty-consensus" in d.flags
+        return out
+
+    def audit_rows(self) -> list[dict]:
+        """One row per prompt point: slice, source slice, status, saliency, RAS position."""
+        rows = []
+        for t, d in sorted(self.decisions.items()):
+            for p in d.points:
+                ras = self.volume.src_to_ras([[t, p.row, p.col]])[0]
+                rows.append({"slice": t, "source_slice": p.source_slice, "status": p.status,
+                             "saliency": p.saliency, "r": ras[0], "a": ras[1], "s": ras[2]})
+        return rows
+
+    def summary(self) -> dict:
+        return {"params": asdict(self.params), "tau": self.tau, "processed_slices": len(self.processed_slices),
+                "counts": self.counts(), "timings_s": self.timings, "encode_calls": self.encode_calls,
+                "warnings": self.warnings}
+
+
+DISAGREEMENT_WARNING_FRACTION = 0.2  # fewer of the user's points kept than this: the prior likely misfits
+DISAGREEMENT_MIN_POINTS = 10
+
+
+def prior_disagreement(decisions: dict[int, SliceDecision], prior_name: str) -> str | None:
+    """A warning when the prior rejects most of the user's own points: on a scan or anatomy the prior
+    was not made for (e.g. an abdominal prior on a chest CT) it sees nothing, and SPD would drop
+    the prompts silently."""
+    own = [p for d in decisions.values() for p in d.points if p.status in ("kept", "rejected")]
+    if len(own) < DISAGREEMENT_MIN_POINTS:
+        return None
+    kept = sum(p.status == "kept" for p in own) / len(own)
+    if kept >= DISAGREEMENT_WARNING_FRACTION:
+        return None
+    if prior_name in ("sam-votes", "intensity"):  # training-free: the points themselves are likely off
+        return (f"the saliency prior '{prior_name}' accepted only {100 * kept:.0f}% of the centerline's points: "
+                "most points may lie off the structure, or it is hard to see; check the rejected points and the "
+                "result, or compare with method 'raw'")
+    return (f"the saliency prior '{prior_name}' accepted only {100 * kept:.0f}% of the centerline's points: it may "
+            "not fit this scan or anatomy; check the result, or use the training-free prior (sam-votes)")
+
+
+def _check_cancel(cancel: CancelCheck | None) -> None:
+    if cancel is not None and cancel():
+        raise Cancelled("segmentation cancelled by the user")
+
+
+def _keep_supported(mask: np.ndarray, previous: np.ndarray, points, reach_px: float) -> np.ndarray:
+    """Drop connected parts of ``mask`` that neither touch the dilated previous mask nor hold a prompt."""
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return mask
+    near_prev = ndimage.binary_dilation(previous, iterations=max(1, int(round(reach_px))))
+    keep = set(np.unique(labels[near_prev & mask]))
+    for p in points:
+        keep.add(labels[p.pixel])
+    keep.discard(0)
+    return np.isin(labels, list(keep))
+
+
+def segment(volume: Volume, centerline: Centerline, backend, prior: SaliencyPrior,
+            params: SegmentParams | None = None, progress: ProgressCallback | None = None,
+            cancel: CancelCheck | None = None, saliency: dict[int, np.ndarray] | None = None) -> SegmentationResult:
+    """Segment the structure a (noisy) centerline runs through.
+
+    ``backend`` is a :class:`~SPDSegmentLib.sam.backend.SamBackend`; ``prior`` any
+    :class:`~SPDSegmentLib.method.saliency.SaliencyPrior`. ``progress(fraction, message)`` is called per
+    slice; ``cancel()`` returning True stops the run with :class:`Cancelled`. ``saliency`` reuses the
+    per-slice maps of an earlier run on the same prompts (``result.saliency_maps``), skipping the prior.
+    """
+    params = params or SegmentParams()
+    params.validate()
+    report = progress or (lambda f, m: None)
+    timings = {"prompts": 0.0, "encode": 0.0, "saliency": 0.0, "cpd": 0.0, "decode": 0.0}
+    encodes_before = backend.encode_calls
+
+    t0 = time.perf_counter()
+    prompts = slice_prompts(centerline, volume, params.group_distance_mm)
+    if not prompts:
+        raise ValueError(f"the centerline {centerline.name!r} does not pass through the volume "
+                         f"{volume.name!r}: check that both are in the same space (parent transforms?)")
+    processed = list(prompt_extent(prompts, params.context, volume.num_slices))
+    window = volume_window(volume, params.intensity_preset)
+    src = volume.slices()
+    slices_u8 = {t: window.apply(src[t]) for t in processed}
+    timings["prompts"] = time.perf_counter() - t0
+
+    tau = prior.default_tau if params.tau is None else params.tau
+    to_encode = {"none": [], "prompted": [t for t in processed if t in prompts], "all": processed}[prior.embeds]
+    if saliency is not None:
+        to_encode = []
+    needs_embeddings = bool(to_encode)
+    if needs_embeddings:
+        for i, t in enumerate(to_encode):
+            _check_cancel(cancel)
+            report(0.5 * i / len(to_encode), f"encoding slice {t} ({i + 1}/{len(to_encode)})")
+            t1 = time.perf_counter()
+            backend.embed(slices_u8[t])
+            timings["encode"] += time.perf_counter() - t1
+
+    stage = (0.5, 0.75) if needs_embeddings else (0.0, 0.25)
+
+    def prior_tick(done: int, total: int) -> None:
+        _check_cancel(cancel)
+        report(stage[0] + (stage[1] - stage[0]) * done / max(total, 1), f"saliency prior: slice {done + 1}/{total}")
+
+    t1 = time.perf_counter()
+    if saliency is None:
+        saliency = prior.compute(PriorInputs(volume, slices_u8, prompts, backend, window.preset, prior_tick),
+                                 processed)
+    elif not set(processed) <= set(saliency):
+        raise ValueError("the given saliency maps do not cover the slices this run processes")
+    timings["saliency"] = time.perf_counter() - t1
+    _check_cancel(cancel)
+
+    t1 = time.perf_counter()
+    decisions = distill(prompts, saliency, processed, tau=tau, context=params.context, mode=params.method,
+                        fallback=params.fallback)
+    timings["cpd"] = time.perf_counter() - t1
+    warnings = []
+    if params.method != "raw":
+        warning = prior_disagreement(decisions, prior.name)
+        if warning:
+            log.warning(warning)
+            warnings.append(warning)
+
+    consensus = {t: d.consensus for t, d in decisions.items()}
+    spacing_px = min(volume.in_plane_spacing)
+    radius_px = structure_radius_px(saliency, consensus, tau, default_px=10.0 / spacing_px)
+    with_points = params.box_with_points if params.box_with_points is not None else backend.prompt_mode != "box"
+
+    out = np.zeros((volume.num_slices, *volume.slice_shape), dtype=np.uint8)
+    previous: np.ndarray | None = None
+    start = stage[1]
+    for i, t in enumerate(processed):
+        _check_cancel(cancel)
+        report(start + (1 - start) * i / len(processed), f"segmenting slice {t} ({i + 1}/{len(processed)})")
+        points = consensus[t]
+        prompts_t = render(points, saliency[t], tau, radius_px, backend.prompt_mode, with_points)
+        if params.consistency and not prompts_t and previous is not None and previous.any():
+            # carry the previous slice's mask forward as a box where the prior still agrees
+            region = np.argwhere(previous & (saliency[t] > tau))
+            if len(region):
+                decisions[t].flags.append("propagated")
+                r0, c0 = region.min(0) - 2
+                r1, c1 = region.max(0) + 2
+                prompts_t = [RenderedPrompt(np.empty((0, 2)), (float(r0), float(c0), float(r1), float(c1)))]
+        if not prompts_t:
+            previous = np.zeros(volume.slice_shape, dtype=bool) if params.consistency else None
+            continue
+        t1 = time.perf_counter()
+        emb = backend.embed(slices_u8[t])
+        timings["encode"] += time.perf_counter() - t1
+        t1 = time.perf_counter()
+        mask = np.zeros(volume.slice_shape, dtype=bool)
+        for prompt in prompts_t:
+            mask |= backend.decode(emb, prompt.points_rc if len(prompt.points_rc) else None, prompt.box_rc).mask
+        if params.consistency and previous is not None and previous.any():
+            mask = _keep_supported(mask, previous, points, reach_px=radius_px)
+        timings["decode"] += time.perf_counter() - t1
+        out[t] = mask
+        previous = mask if params.consistency else None
+    report(1.0, "done")
+
+    return SegmentationResult(volume, volume.to_array_order(out).copy(), prompts, decisions, processed, tau, params, timings,
+                              backend.encode_calls - encodes_before, saliency, warnings)

@@ -1,0 +1,118 @@
+"""Centerlines (RAS) and their per-slice point prompts.
+
+A curve (ordered polyline, any density) yields, on every slice, the points where its segments cross
+the slice plane, interpolated exactly: a tortuous curve (aortic arch, bowel loop) crosses a slice
+several times. A point list yields the points within half a voxel of each slice. On each slice the
+points are then grouped by in-plane proximity, so separate crossings stay separate prompt groups.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial.distance import pdist, squareform
+
+from ..volume import Volume
+
+
+@dataclass(frozen=True)
+class Centerline:
+    """RAS points; ``ordered`` means a curve (polyline), otherwise an unordered point list."""
+
+    points_ras: np.ndarray
+    ordered: bool = True
+    name: str = "centerline"
+
+    def __post_init__(self) -> None:
+        pts = np.asarray(self.points_ras, dtype=float).reshape(-1, 3)
+        if not np.all(np.isfinite(pts)):
+            raise ValueError(f"{self.name}: centerline has non-finite coordinates")
+        if len(pts) == 0:
+            raise ValueError(f"{self.name}: centerline has no points")
+        object.__setattr__(self, "points_ras", pts)
+
+
+@dataclass(frozen=True)
+class PromptPoint:
+    """One 2D point prompt: continuous (row, col) on ``slice``; ``group`` numbers its crossing."""
+
+    slice: int
+    row: float
+    col: float
+    group: int = 0
+
+    @property
+    def pixel(self) -> tuple[int, int]:
+        return int(round(self.row)), int(round(self.col))
+
+
+SlicePrompts = dict[int, list[PromptPoint]]
+
+
+def _curve_crossings(src: np.ndarray, num_slices: int) -> list[tuple[int, float, float]]:
+    """(slice, row, col) where each polyline segment crosses an integer slice plane.
+
+    A segment [a, b) owns crossings with parameter u in [0, 1), so a vertex lying exactly on a
+    plane is counted once; the last vertex is added if it lies on a plane. Segments lying inside a
+    plane contribute their start vertex.
+    """
+    out: list[tuple[int, float, float]] = []
+    for a, b in zip(src[:-1], src[1:]):
+        sa, sb = a[0], b[0]
+        if sa == sb:
+            if float(sa).is_integer():
+                out.append((int(sa), a[1], a[2]))
+            continue
+        lo, hi = sorted((sa, sb))
+        for t in range(int(np.ceil(lo)), int(np.floor(hi)) + 1):
+            u = (t - sa) / (sb - sa)
+            if 0.0 <= u < 1.0:
+                p = a + u * (b - a)
+                out.append((t, p[1], p[2]))
+    last = src[-1]
+    if float(last[0]).is_integer():
+        out.append((int(last[0]), last[1], last[2]))
+    return [c for c in out if 0 <= c[0] < num_slices]
+
+
+def _group(points: np.ndarray, spacing_rc: tuple[float, float], distance_mm: float) -> np.ndarray:
+    """Single-linkage groups of in-plane points closer than ``distance_mm``."""
+    if len(points) == 1:
+        return np.zeros(1, dtype=int)
+    mm = points * np.asarray(spacing_rc)
+    _, labels = connected_components(squareform(pdist(mm)) < distance_mm, directed=False)
+    return labels
+
+
+def slice_prompts(centerline: Centerline, volume: Volume, group_distance_mm: float = 10.0) -> SlicePrompts:
+    """Per-slice point prompts of a centerline in ``volume``'s (slice, row, col) frame.
+
+    Points outside the volume are dropped. ``group_distance_mm`` separates crossings on one slice
+    (the two limbs of the aortic arch are centimetres apart; jitter around one crossing is not).
+    """
+    src = volume.ras_to_src(centerline.points_ras)
+    if centerline.ordered and len(src) > 1:
+        raw = _curve_crossings(src, volume.num_slices)
+    else:
+        nearest = np.round(src[:, 0])
+        keep = np.abs(src[:, 0] - nearest) <= 0.5
+        raw = [(int(s), r, c) for (s, r, c), k in zip(np.c_[nearest, src[:, 1:]], keep) if k]
+    rows, cols = volume.slice_shape
+    by_slice: dict[int, list[tuple[float, float]]] = {}
+    for s, r, c in raw:
+        if 0 <= s < volume.num_slices and -0.5 <= r <= rows - 0.5 and -0.5 <= c <= cols - 0.5:
+            by_slice.setdefault(s, []).append((float(r), float(c)))
+    out: SlicePrompts = {}
+    for s in sorted(by_slice):
+        pts = np.asarray(by_slice[s])
+        groups = _group(pts, volume.in_plane_spacing, group_distance_mm)
+        out[s] = [PromptPoint(s, r, c, int(g)) for (r, c), g in zip(pts, groups)]
+    return out
+
+
+def prompt_extent(prompts: SlicePrompts, context: int, num_slices: int) -> range:
+    """Slices the pipeline must process: the prompts' slice extent plus ``context`` on each side."""
+    if not prompts:
+        return range(0)
+    return range(max(0, min(prompts) - context), min(num_slices, max(prompts) + context + 1))

