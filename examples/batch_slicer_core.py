@@ -19,7 +19,7 @@ import slicer_headless  # noqa: E402  (boots slicer-core: real MRML and module l
 slicer_headless.boot()
 import slicer  # noqa: E402
 
-from SPDSegmentLib import sample_data  # noqa: E402
+from SPDSegmentLib.evaluation import sample_data  # noqa: E402
 from SPDSegmentLib.io import read_label  # noqa: E402
 from SPDSegmentLib.evaluation.skeleton import centerline_from_label  # noqa: E402
 

@@ -8,25 +8,9 @@ import sys
 from pathlib import Path
 
 from .. import __version__
+from .cli_common import TqdmProgress, backend_and_prior, segment_params
 
 log = logging.getLogger("SPDSegmentLib")
-
-
-class TqdmProgress:
-    """Terminal progress bar fed by the pipeline's ``progress(fraction, message)`` callback."""
-
-    def __init__(self, desc: str, enabled: bool = True) -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=1000, desc=desc, disable=not enabled, file=sys.stderr,
-                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
-
-    def __call__(self, fraction: float, message: str) -> None:
-        self.bar.n = int(1000 * fraction)
-        self.bar.set_postfix_str(message, refresh=True)
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
@@ -175,27 +159,6 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _backend_and_prior(args):
-    from ..sam.embedding_cache import EmbeddingCache
-    from ..method.saliency import load_prior
-    from ..sam.backend import load_backend
-
-    cache = EmbeddingCache(folder=args.cache_dir) if args.cache_dir else None
-    backend = load_backend(args.backend, args.checkpoint, args.device, cache)
-    if getattr(args, "decoder", None):
-        from ..training.decoder import load_decoder
-
-        load_decoder(backend, args.decoder)
-    return backend, load_prior(args.prior, backend)
-
-
-def _params(args):
-    from ..method.pipeline import SegmentParams
-
-    return SegmentParams(method=args.method, tau=args.tau, context=args.context, consistency=args.consistency,
-                         fallback=args.fallback, intensity_preset=args.preset)
-
-
 def cmd_segment(args) -> int:
     from ..evaluation.figures import overlay_png
     from ..io import guard_output, read_markups, read_volume, write_markups, write_segmentation, write_volume
@@ -209,10 +172,10 @@ def cmd_segment(args) -> int:
         raise ValueError(f"--out must end in .seg.nrrd, got {args.out}")
     volume = read_volume(args.volume)
     centerline = read_markups(args.centerline)
-    backend, prior = _backend_and_prior(args)
+    backend, prior = backend_and_prior(args)
     bar = TqdmProgress("SPDSegment", not args.quiet)
     try:
-        result = segment(volume, centerline, backend, prior, _params(args), progress=bar)
+        result = segment(volume, centerline, backend, prior, segment_params(args), progress=bar)
     finally:
         bar.close()
     name = args.segment_name or centerline.name
@@ -257,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                 from ..evaluation.cases import build_sample_cases
 
                 build_sample_cases(args.cases)
-            backend, _ = _backend_and_prior(args)
+            backend, _ = backend_and_prior(args)
             second = None if args.second_prior in (None, "intensity") else args.second_prior
             config = EvalConfig(methods=tuple(args.methods or METHODS), severities=tuple(args.severity),
                                 seed=args.seed, label_value=args.label_value, prior=args.prior,

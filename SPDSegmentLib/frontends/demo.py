@@ -15,12 +15,11 @@ from ..evaluation.metrics import evaluate
 from ..evaluation.noise import simulate
 from .outputs import audit_markups
 from ..method.pipeline import SegmentParams, segment
+from .cli_common import TqdmProgress, backend_and_prior
 from ..evaluation.skeleton import centerline_from_label
 
 
 def run_demo(args) -> int:
-    from .cli import TqdmProgress, _backend_and_prior
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     volume = read_volume(sample_data.path("cta/image.nii.gz"), "cta")
@@ -28,7 +27,7 @@ def run_demo(args) -> int:
     clean = centerline_from_label(volume, label, name="aorta-reference")
     noisy = simulate(clean, volume, label, args.severity, seed=args.seed)
     write_centerline(noisy.centerline, out / "noisy_centerline.mrk.json", overwrite=True)
-    backend, prior = _backend_and_prior(args)
+    backend, prior = backend_and_prior(args)
     preset = args.preset if args.preset != "auto" else "ct-angio"
     kinds = {k: int((noisy.kinds == k).sum()) for k in ("on", "drift", "distractor")}
     print(f"CTA aorta {volume.array.shape[::-1]} voxels, {volume.spacing.round(2).tolist()} mm; noisy centerline "

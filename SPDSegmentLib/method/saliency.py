@@ -341,7 +341,7 @@ class TrainedSaliencyPrior:
         return out
 
 
-SHIPPED_PRIOR_DIR = Path(__file__).parent / "models"
+SHIPPED_PRIOR_DIR = Path(__file__).resolve().parents[1] / "models"
 
 
 def shipped_priors() -> dict[str, Path]:
