@@ -7,6 +7,7 @@ Writers never overwrite an existing file unless ``overwrite=True``: a user's fil
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +28,23 @@ def _check_exists(path: Path, what: str) -> None:
         raise InputError(f"{what} not found: {path}")
 
 
-def guard_output(path: Path, overwrite: bool) -> None:
+def guard_output(path: Path, overwrite: bool, create_parent: bool = True) -> None:
+    """Refuse to replace an existing file (unless ``overwrite``) or to write where it cannot; with
+    ``create_parent=False`` nothing is created, so a check before a long run leaves no trace."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; give a file name")
     if path.exists() and not overwrite:
         raise InputError(f"{path} already exists; choose another output path or pass overwrite=True "
                          "(--overwrite on the command line)")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    parent = path.parent
+    existing = next((p for p in [parent, *parent.parents] if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write {path}: {existing or parent} is not a writable folder")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise InputError(f"cannot write {path}: the file is read-only")
+    if create_parent:
+        parent.mkdir(parents=True, exist_ok=True)
 
 
 def _sitk_to_volume(image: sitk.Image, name: str) -> Volume:
@@ -205,28 +218,58 @@ def read_markups(path: str | Path) -> Centerline:
     try:
         doc = json.loads(path.read_text())
         markups = doc["markups"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise InputError(f"{path} is not a Slicer .mrk.json markups file ({exc})") from exc
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path} is not a Slicer .mrk.json markups file ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(markups, list):
+        raise InputError(f"{path}: 'markups' must be a list")
     if not markups:
         raise InputError(f"{path} holds no markups")
     if len(markups) > 1:
         raise InputError(f"{path} holds {len(markups)} markups; save the centerline on its own")
     markup = markups[0]
+    if not isinstance(markup, dict):
+        raise InputError(f"{path}: the markup is not an object")
     kind = markup.get("type", "")
     if kind not in ("Curve", "ClosedCurve", "Fiducial", "Line"):
         raise InputError(f"{path}: markups of type {kind!r} cannot serve as a centerline "
                          "(use a curve or a point list)")
-    points = [cp["position"] for cp in markup.get("controlPoints", [])
-              if cp.get("positionStatus", "defined") == "defined"]
+    control_points = markup.get("controlPoints", [])
+    if not isinstance(control_points, list):
+        raise InputError(f"{path}: 'controlPoints' must be a list of points")
+    points = []
+    for index, cp in enumerate(control_points, start=1):
+        if not isinstance(cp, dict):
+            raise InputError(f"{path}: control point {index} is not an object with a 'position'")
+        if cp.get("positionStatus", "defined") != "defined":
+            continue
+        position = cp.get("position")
+        label = cp.get("label") or cp.get("id") or index
+        if not isinstance(position, (list, tuple)) or len(position) != 3:
+            raise InputError(f"{path}: control point {index} ({label}) needs a position of 3 numbers, "
+                             f"got {position!r}")
+        try:
+            xyz = [float(v) for v in position]
+        except (TypeError, ValueError):
+            raise InputError(f"{path}: control point {index} ({label}) has a coordinate that is not a number: "
+                             f"{position!r}") from None
+        if any(isinstance(v, bool) for v in position) or not np.all(np.isfinite(xyz)):
+            raise InputError(f"{path}: control point {index} ({label}) has a non-finite or invalid coordinate: "
+                             f"{position!r}")
+        points.append(xyz)
     if not points:
         raise InputError(f"{path}: the markup has no defined control points")
     ras = np.asarray(points, dtype=float)
-    if markup.get("coordinateSystem", "LPS") == "LPS":
+    system = markup.get("coordinateSystem", "LPS")
+    if system not in ("LPS", "RAS"):
+        raise InputError(f"{path}: unknown coordinateSystem {system!r} (Slicer writes LPS or RAS)")
+    if system == "LPS":
         ras = ras * [-1, -1, 1]
     closed = kind == "ClosedCurve"
     if closed:
         ras = np.vstack([ras, ras[:1]])
-    return Centerline(ras, ordered=kind != "Fiducial", name=markup.get("name") or path.name.split(".")[0])
+    name = markup.get("name")
+    return Centerline(ras, ordered=kind != "Fiducial",
+                      name=name if isinstance(name, str) and name else path.name.split(".")[0])
 
 
 def markups_document(kind: str, name: str, ras: np.ndarray, labels: list[str] | None = None,

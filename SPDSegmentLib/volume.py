@@ -4,6 +4,11 @@ Arrays follow Slicer's ``arrayFromVolume`` convention: indexed ``[k, j, i]``. Th
 4x4 IJK->RAS matrix (never assumed diagonal), so flipped, oblique and anisotropic volumes work. The
 engine segments slice by slice along the voxel axis closest to the patient's axial normal; everything
 else (prompts, saliency, masks) is expressed in that ``(slice, row, col)`` frame.
+
+The frame is anatomical, not the file's voxel order: slices run foot to head, and each slice image is
+shown the way a radiologist reads it (rows anterior to posterior, columns patient right to left). So a
+volume stored with flipped axes gives SAM the very same images, and the same result, as the unflipped
+one: SAM is not mirror-invariant, and it was trained on images in reading orientation.
 """
 from __future__ import annotations
 
@@ -84,13 +89,35 @@ class Volume:
         r, c = self._in_plane_axes
         return 2 - self.slice_axis, 2 - r, 2 - c
 
+    @cached_property
+    def _flips(self) -> tuple[bool, bool, bool]:
+        """Which of (slice, row, col) run against the anatomical frame: slices foot to head (+S), rows
+        and columns towards the negative of their dominant RAS axis (posterior / patient left / foot),
+        as in radiological reading."""
+        directions = self.ijk_to_ras[:3, :3] / self.spacing
+        r, c = self._in_plane_axes
+        flips = []
+        for axis, want_positive in ((self.slice_axis, True), (r, False), (c, False)):
+            d = directions[:, axis]
+            dominant = d[int(np.argmax(np.abs(d)))]
+            flips.append(bool(dominant < 0) if want_positive else bool(dominant > 0))
+        return tuple(flips)
+
+    @property
+    def _src_sizes(self) -> tuple[int, int, int]:
+        return (self.num_slices, *self.slice_shape)
+
+    def _flip_view(self, src: np.ndarray) -> np.ndarray:
+        index = tuple(slice(None, None, -1) if f else slice(None) for f in self._flips)
+        return src[index]
+
     def slices(self) -> np.ndarray:
-        """View of the voxels as ``[slice, row, col]`` (no copy)."""
-        return np.moveaxis(self.array, self._src_axes, (0, 1, 2))
+        """View of the voxels as ``[slice, row, col]`` in the anatomical frame (no copy)."""
+        return self._flip_view(np.moveaxis(self.array, self._src_axes, (0, 1, 2)))
 
     def to_array_order(self, src: np.ndarray) -> np.ndarray:
         """Inverse of :meth:`slices`: a ``[slice, row, col]`` array back to ``[k, j, i]``."""
-        return np.moveaxis(src, (0, 1, 2), self._src_axes)
+        return np.moveaxis(self._flip_view(src), (0, 1, 2), self._src_axes)
 
     # --- coordinate conversion ------------------------------------------------------------------
     def ras_to_ijk_points(self, ras: np.ndarray) -> np.ndarray:
@@ -107,11 +134,18 @@ class Volume:
     def ijk_to_src(self, ijk: np.ndarray) -> np.ndarray:
         """Continuous IJK -> continuous (slice, row, col)."""
         r, c = self._in_plane_axes
-        ijk = np.atleast_2d(ijk)
-        return np.stack([ijk[:, self.slice_axis], ijk[:, r], ijk[:, c]], axis=1)
+        ijk = np.atleast_2d(np.asarray(ijk, dtype=float))
+        src = np.stack([ijk[:, self.slice_axis], ijk[:, r], ijk[:, c]], axis=1)
+        for axis, (flip, size) in enumerate(zip(self._flips, self._src_sizes)):
+            if flip:
+                src[:, axis] = (size - 1) - src[:, axis]
+        return src
 
     def src_to_ijk(self, src: np.ndarray) -> np.ndarray:
-        src = np.atleast_2d(np.asarray(src, dtype=float))
+        src = np.array(np.atleast_2d(np.asarray(src, dtype=float)))
+        for axis, (flip, size) in enumerate(zip(self._flips, self._src_sizes)):
+            if flip:
+                src[:, axis] = (size - 1) - src[:, axis]
         r, c = self._in_plane_axes
         ijk = np.empty_like(src)
         ijk[:, self.slice_axis], ijk[:, r], ijk[:, c] = src[:, 0], src[:, 1], src[:, 2]

@@ -74,9 +74,12 @@ def test_a_prior_that_rejects_most_points_is_reported_to_the_user():
         d.points.append(ConsensusPoint(0, 1, 1, 1, 0, "borrowed", 0.9))  # borrowed points are not the user's own
         return {0: d}
 
-    warning = prior_disagreement(decisions(1, 19), "trained")
-    assert warning and "5%" in warning and "sam-votes" in warning
-    own = prior_disagreement(decisions(1, 19), "sam-votes")
-    assert own and "sam-votes)" not in own and "'raw'" in own  # never advises switching to itself
-    assert prior_disagreement(decisions(5, 15), "trained") is None  # 25% kept
-    assert prior_disagreement(decisions(0, 5), "trained") is None  # too few points to judge
+    from SPDSegmentLib.method.saliency import TrackPrior, TrainedSaliencyPrior
+
+    trained = TrainedSaliencyPrior(head=None, metadata={})
+    warning = prior_disagreement(decisions(1, 19), trained)
+    assert warning and "5%" in warning and "sam-track" in warning
+    own = prior_disagreement(decisions(1, 19), TrackPrior())
+    assert own and "(sam-track)" not in own and "'raw'" in own  # never advises switching to itself
+    assert prior_disagreement(decisions(5, 15), trained) is None  # 25% kept
+    assert prior_disagreement(decisions(0, 4), trained) is None  # too few points to judge

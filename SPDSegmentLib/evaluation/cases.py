@@ -24,6 +24,26 @@ IMAGE_NAMES = ("image.nii.gz", "image.nrrd", "image.mha", "image.nii", "image")
 LABEL_NAMES = ("label.nii.gz", "label.nrrd", "label.seg.nrrd", "label.nii", "label.mha")
 TUBULAR = ("aorta", "inferior_vena_cava", "colon", "small_bowel", "duodenum", "esophagus",
            "portal_vein_and_splenic_vein", "iliac_artery_left", "iliac_artery_right")
+# Solid organs a centerline also runs through (the brief's kidney; a large organ): never used while
+# developing the method, so they test how it carries over to structures it was not tuned on.
+ORGANS = ("liver", "spleen", "kidney_left")
+SAMPLE_CASES_VERSION = 2  # 2: organs added; the folder is rebuilt when its version differs
+
+
+def sample_cases_stale(folder: str | Path, default: str | Path | None = None) -> bool:
+    """True when ``folder`` must be (re)built: it is missing, or it holds sample cases of another
+    version (the default folder from before versions were written counts as old). A folder of the
+    user's own cases is never rebuilt."""
+    folder = Path(folder)
+    if not folder.exists():
+        return True
+    marker = folder / "sample_cases.json"
+    if not marker.is_file():
+        return default is not None and folder.resolve() == Path(default).resolve()
+    try:
+        return json.loads(marker.read_text()).get("version") != SAMPLE_CASES_VERSION
+    except ValueError:
+        return True
 
 
 @dataclass
@@ -40,7 +60,7 @@ def find_cases(folder: str | Path) -> list[Case]:
     if not folder.is_dir():
         raise InputError(f"case folder not found: {folder}")
     cases = []
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         image = next((sub / n for n in IMAGE_NAMES if (sub / n).exists()), None)
         label = next((sub / n for n in LABEL_NAMES if (sub / n).exists()), None)
         if image is None or label is None:
@@ -72,7 +92,7 @@ def build_sample_cases(out: str | Path, min_slices: int = 10, log=print) -> list
     cta = read_volume(sample_data.path("cta/image.nii.gz"))
     aorta = read_label(sample_data.path("cta/aorta.nii.gz"), cta)
     _write_case(out, "cta_aorta", sample_data.path("cta/image.nii.gz"), cta, aorta,
-                {"preset": "ct-angio", "modality": "CT", "structure": "aorta",
+                {"preset": "ct-angio", "modality": "CT", "structure": "aorta", "group": "tubular",
                  "source": "TotalSegmentator 2.18.0 sdist: aorta_report/test_result/models/ct_cropped.nii.gz",
                  "license": sample_data.LICENSE_NOTE})
     names.append("cta_aorta")
@@ -85,7 +105,7 @@ def build_sample_cases(out: str | Path, min_slices: int = 10, log=print) -> list
         labels = resample_like(labels, volume).array
         cmap = sample_data.class_map(key)
         for value, structure in sorted(cmap.items()):
-            if structure not in TUBULAR:
+            if structure not in TUBULAR + ORGANS:
                 continue
             mask = labels == value
             src = volume.with_array(mask).slices()
@@ -95,8 +115,10 @@ def build_sample_cases(out: str | Path, min_slices: int = 10, log=print) -> list
             name = f"{key}_{structure}"
             _write_case(out, name, image_path, volume, mask,
                         {"preset": preset, "modality": modality, "structure": structure, "label_slices": n,
+                         "group": "organ" if structure in ORGANS else "tubular",
                          "source": f"TotalSegmentator 2.18.0 sdist: {image_name} (label value {value})",
                          "license": sample_data.LICENSE_NOTE})
             names.append(name)
+    (out / "sample_cases.json").write_text(json.dumps({"version": SAMPLE_CASES_VERSION, "cases": names}, indent=2))
     log(f"wrote {len(names)} cases to {out}: {', '.join(names)}")
     return names

@@ -8,19 +8,27 @@ import numpy as np
 
 from .metrics import dice
 
-STATUS_COLORS = {"kept": "#33dd33", "rejected": "#ff3333", "borrowed": "#33ccff", "fallback": "#ffdd00"}
+STATUS_COLORS = {"kept": "#33dd33", "rejected": "#ff3333", "borrowed": "#33ccff", "fallback": "#ffdd00",
+                 "propagated": "#bb77ff"}
 
 
-def _save(fig, path: str | Path, title: str, legend: str, fontsize: int, dpi: int) -> Path:
-    """Title + legend, tight layout, write the PNG (creating its folder), free the figure."""
+def _save(fig, path: str | Path, title: str, legend: str, fontsize: int, dpi: int, colors: int = 96) -> Path:
+    """Title + legend, tight layout, write the PNG as a palette image of ``colors`` colours (about a
+    third of the bytes of a full-colour PNG, so report figures stay small), free the figure."""
+    import io
+
     import matplotlib.pyplot as plt
+    from PIL import Image
 
     fig.suptitle(f"{title}\n{legend}" if title else legend, fontsize=fontsize)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=dpi, format="png")
     plt.close(fig)
+    buffer.seek(0)
+    Image.open(buffer).convert("RGB").quantize(colors=colors).save(path, optimize=True)
     return path
 
 
@@ -75,9 +83,10 @@ def overlay_png(result, path: str | Path, label_kji: np.ndarray | None = None, s
     return _save(fig, path, title, legend, fontsize=9, dpi=110)
 
 
-def panel_slices(label_src: np.ndarray, first: np.ndarray, second: np.ndarray, decisions: dict, count: int = 2) -> list[int]:
-    """Slices that tell the story of a case: where two methods' masks differ most on the label, and
-    where CPD rejected the most points."""
+def panel_slices(label_src: np.ndarray, first: np.ndarray, second: np.ndarray, decisions: dict, count: int = 3) -> list[int]:
+    """Slices that tell the story of a case: where two methods' masks differ most on the label,
+    where CPD rejected the most points (a drift), and a slice the structure was carried into
+    without a trusted point (a gap or a rejected stretch filled)."""
     on_label = [t for t in range(len(label_src)) if label_src[t].any()]
     if not on_label:
         return []
@@ -85,6 +94,9 @@ def panel_slices(label_src: np.ndarray, first: np.ndarray, second: np.ndarray, d
     rejected = {t: len(d.with_status("rejected")) for t, d in decisions.items() if t in on_label}
     if rejected and max(rejected.values()) > 0:
         chosen.append(max(rejected, key=rejected.get))
+    filled = [t for t, d in decisions.items() if t in on_label and "propagated" in d.flags and second[t].any()]
+    if filled:
+        chosen.append(max(filled, key=lambda t: dice(second[t], label_src[t])))
     for t in np.linspace(on_label[0], on_label[-1], count + 2).astype(int)[1:-1]:
         if len(set(chosen)) >= count:
             break

@@ -1,15 +1,20 @@
 """Evaluation harness: every method on every case and noise severity, same frozen SAM, same prompts.
 
 Methods (only the prompt set or the prior changes; LiteMedSAM, windowing and slices are shared):
-  raw          all centerline points of each slice, rendered like SPD's
-  random       a seeded random half of the raw points, same rendering and the same prior maps
-  box          MedSAM-style: one box around each slice's raw points plus a margin (no prior)
-  local        CPD local validation only
-  spd          CPD consensus (local + dual-validated borrowing)
-  spd+psc      SPD with the inference-time slice-consistency step
+  raw              all centerline points of each slice, rendered like SPD's (boxes sized by the prior)
+  random           a seeded random half of the raw points, same rendering and the same prior maps
+  box              MedSAM-style: one box around each slice's raw points plus a margin (no prior)
+  local            CPD local validation only
+  spd-votes        CPD with the window-voting prior (``sam-votes``, the previous release's SPD)
+  spd-continuity   + 3-D continuity: the ``sam-track`` prior, with fixed seed boxes and no growth
+  spd-propagation  + propagation of the tracked structure into slices without trusted points
+  spd              + extent from the image (gated seed sizes and growth): the full method
+  spd+psc          SPD with the inference-time slice-consistency step
   spd-<prior>  SPD with the second prior: a trained prior (file or shipped name) when given, else the
                intensity prior. A trained prior runs only on cases of the structure it was trained for,
                and each case is tagged with its role for that prior (train / validation / held-out).
+  oracle-prior upper bound, never a result: SPD with the label itself as the saliency map (the best
+               any prior could do), everything else unchanged
   label-box    upper bound: a box around each label component (+5 px) on every label slice
 Embeddings are cached in the backend, so each slice of a case is encoded once for all methods and
 severities; the prior maps are computed once per case and severity and shared by the methods.
@@ -31,12 +36,48 @@ from ..method.windowing import volume_window
 from ..io import read_label, read_markups, read_volume
 from .metrics import evaluate
 from .noise import SEVERITIES, simulate
-from ..method.pipeline import SegmentParams, segment
+from ..method.pipeline import NothingToSegment, SegmentParams, segment
 from ..method.saliency import load_prior
 from .skeleton import centerline_from_label
 
-METHODS = ("raw", "random", "box", "local", "spd", "spd+psc", "spd-prior2", "label-box")
-COLUMNS = ("case", "method", "severity", "dsc", "iou", "hd95_mm", "asd_mm", "volumetric_dsc", "slice_dsc", "seconds")
+METHODS = ("raw", "random", "box", "local", "spd-votes", "spd-continuity", "spd-propagation", "spd", "spd+psc",
+           "spd-prior2", "oracle-prior", "label-box")
+
+
+@dataclass(frozen=True)
+class PromptMethod:
+    """A method that runs the pipeline: its CPD mode, its prior (None: the run's configured one) and switches."""
+
+    cpd: str
+    prior: str | None = None
+    propagate: bool = True
+    consistency: bool = False
+    random_half: bool = False
+
+
+PROMPT_METHODS = {
+    "raw": PromptMethod("raw", propagate=False),
+    "random": PromptMethod("raw", propagate=False, random_half=True),
+    "local": PromptMethod("local", propagate=False),
+    "spd-votes": PromptMethod("spd", "sam-votes", propagate=False),
+    "spd-continuity": PromptMethod("spd", "sam-track/fixed-boxes", propagate=False),
+    "spd-propagation": PromptMethod("spd", "sam-track/fixed-boxes"),
+    "spd": PromptMethod("spd"),
+    "spd+psc": PromptMethod("spd", consistency=True),
+}
+
+
+def load_method_prior(spec: str, backend):
+    """A prior by name, plus the ablation variant ``sam-track/fixed-boxes`` (no extent from the image)."""
+    if spec == "sam-track/fixed-boxes":
+        from ..method.continuity import TrackingParams
+        from ..method.saliency import TrackPrior
+
+        return TrackPrior(params=TrackingParams(extent=False))
+    return load_prior(spec, backend)
+UPPER_BOUNDS = ("oracle-prior", "label-box")  # use the label: bounds to judge methods by, never results
+COLUMNS = ("case", "method", "severity", "dsc", "iou", "hd95_mm", "asd_mm", "volumetric_dsc", "slice_dsc", "seconds",
+           "prior_dice", "prior_auc")
 
 
 @dataclass
@@ -45,7 +86,7 @@ class EvalConfig:
     severities: tuple[str, ...] = ("clinical",)
     seed: int = 0
     label_value: int | None = None
-    prior: str = "sam-votes"
+    prior: str = "sam-track"
     second_prior: str | None = None  # a trained prior.pt; None -> the intensity prior
     tau: float | None = None
     context: int = 2
@@ -102,6 +143,28 @@ def _random_half(centerline: Centerline, seed: int) -> Centerline:
     return Centerline(centerline.points_ras[keep], centerline.ordered, centerline.name + "-random")
 
 
+def prior_quality(saliency: dict[int, np.ndarray], label_src: np.ndarray, tau: float) -> dict[str, float]:
+    """How well a prior's maps find the label on the slices the run processed: Dice of ``S > tau``
+    and the ROC AUC of S as a voxel score (rank form: the chance that a random label voxel scores
+    above a random background voxel). NaN when the slices hold no label or no background."""
+    if not saliency:
+        return {"prior_dice": float("nan"), "prior_auc": float("nan")}
+    slices = sorted(saliency)
+    scores = np.concatenate([saliency[t].ravel() for t in slices]).astype(np.float64)
+    truth = np.concatenate([label_src[t].ravel() > 0 for t in slices])
+    from scipy.stats import rankdata
+
+    n_pos, n_neg = int(truth.sum()), int((~truth).sum())
+    if n_pos == 0 or n_neg == 0:
+        auc = float("nan")
+    else:
+        ranks = rankdata(scores)
+        auc = float((ranks[truth].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    pred = scores > tau
+    total = pred.sum() + truth.sum()
+    return {"prior_dice": float(2 * (pred & truth).sum() / total) if total else 1.0, "prior_auc": auc}
+
+
 def prior_role(prior, case: Case) -> str | None:
     """How a trained prior relates to a case: "train", "validation", "held-out", or None when the
     prior was trained for another structure (it is then not run on the case)."""
@@ -135,14 +198,15 @@ def evaluate_case(case: Case, backend, config: EvalConfig, severity: str, progre
     ref = volume.with_array(label).slices()
     spacing = (volume.slice_spacing, *volume.in_plane_spacing)
     base = dict(tau=config.tau, context=config.context, intensity_preset=preset)
-    prior = load_prior(config.prior, backend)
+    priors: dict[str, object] = {}
     if second is None and "spd-prior2" in config.methods:
         second = load_prior(config.second_prior or "intensity", backend)
     role = prior_role(second, case) if config.second_prior and "spd-prior2" in config.methods else None
     second_name = f"spd-{'trained' if config.second_prior else 'intensity'}"
     rows, masks, results, boxes = [], {}, {}, {}
-    shared_saliency = None
-    order = sorted(dict.fromkeys(config.methods), key=lambda m: m != "spd")  # spd first: its prior is shared
+    shared: dict[str, dict] = {}  # prior spec -> its maps on the full prompt set, shared by the methods using it
+    order = sorted(dict.fromkeys(config.methods), key=lambda m: (PROMPT_METHODS.get(m, PromptMethod("")).random_half,
+                                                                   m not in PROMPT_METHODS))
     if config.second_prior and "spd-prior2" in order and role is None:
         order.remove("spd-prior2")  # the trained prior is for another structure
     for i, method in enumerate(order):
@@ -150,16 +214,22 @@ def evaluate_case(case: Case, backend, config: EvalConfig, severity: str, progre
             progress(case.name, severity, method, i, len(order))
         start = time.perf_counter()
         name = second_name if method == "spd-prior2" else method
-        if method in ("raw", "local", "spd", "spd+psc", "random"):
-            params = SegmentParams(method={"spd+psc": "spd", "random": "raw"}.get(method, method),
-                                   consistency=method == "spd+psc", **base)
-            prompts = _random_half(centerline, config.seed) if method == "random" else centerline
-            result = segment(volume, prompts, backend, prior, params, saliency=shared_saliency)
-            if method != "random":  # the maps of the full prompt set are the ones to share
-                shared_saliency = shared_saliency or result.saliency_maps
-            results[name] = result
+        if method in PROMPT_METHODS:
+            spec = PROMPT_METHODS[method]
+            prior_spec = spec.prior or config.prior
+            if prior_spec not in priors:
+                priors[prior_spec] = load_method_prior(prior_spec, backend)
+            params = SegmentParams(method=spec.cpd, consistency=spec.consistency, propagate=spec.propagate, **base)
+            prompts = _random_half(centerline, config.seed) if spec.random_half else centerline
+            results[name] = _run(volume, prompts, backend, priors[prior_spec], params, shared.get(prior_spec))
+            if not spec.random_half:  # the maps of the full prompt set are the ones to share
+                shared.setdefault(prior_spec, results[name].saliency_maps)
+        elif method == "oracle-prior":
+            oracle = {t: (ref[t] > 0).astype(np.float32) for t in range(len(ref))}
+            results[name] = _run(volume, centerline, backend, priors.get(config.prior) or load_prior(config.prior, backend),
+                                 SegmentParams(method="spd", **base), oracle)
         elif method == "spd-prior2":
-            results[name] = result = segment(volume, centerline, backend, second, SegmentParams(method="spd", **base))
+            results[name] = _run(volume, centerline, backend, second, SegmentParams(method="spd", **base), None)
         elif method == "box":
             boxes[name] = _raw_point_boxes(volume, slice_prompts(centerline, volume))
         elif method == "label-box":
@@ -169,13 +239,24 @@ def evaluate_case(case: Case, backend, config: EvalConfig, severity: str, progre
         mask = results[name].mask if name in results else _box_prompts_masks(volume, backend, preset, boxes[name])
         seconds = time.perf_counter() - start
         scores = evaluate(volume.with_array(mask).slices(), ref, spacing)
-        rows.append({"case": case.name, "method": name, "severity": severity, **scores, "seconds": seconds})
+        quality = {"prior_dice": float("nan"), "prior_auc": float("nan")}
+        if name in results and method not in ("raw", "random", "oracle-prior"):
+            quality = prior_quality(results[name].saliency_maps, ref, results[name].tau)
+        rows.append({"case": case.name, "method": name, "severity": severity, **scores, "seconds": seconds, **quality})
         masks[name] = mask
     rank = {m: i for i, m in enumerate(METHODS)}
     rows.sort(key=lambda r: rank.get(r["method"], rank["spd-prior2"]))  # spd ran first; report in METHODS order
     masks = {r["method"]: masks[r["method"]] for r in rows}
     return rows, {"volume": volume, "label": label, "results": results, "masks": masks, "noise": noise,
                   "preset": preset, "boxes": boxes, "prior_role": role}
+
+
+def _run(volume, centerline, backend, prior, params, saliency):
+    """One pipeline run; a run whose prior found nothing counts as its empty result."""
+    try:
+        return segment(volume, centerline, backend, prior, params, saliency=saliency)
+    except NothingToSegment as exc:
+        return exc.result
 
 
 def write_csv(rows: list[dict], path: Path) -> None:

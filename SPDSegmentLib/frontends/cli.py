@@ -11,6 +11,35 @@ from .. import __version__
 from .cli_common import TqdmProgress, backend_and_prior, segment_params
 
 log = logging.getLogger("SPDSegmentLib")
+DEFAULT_CASES = Path.home() / ".cache" / "spdsegment" / "cases"
+
+
+def _tau(text: str) -> float:
+    """argparse type: a saliency threshold in [0, 1), refused before any model is loaded."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"tau must be a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"tau must lie in [0, 1), got {value}")
+    return value
+
+
+def _context(text: str) -> int:
+    """argparse type: neighbouring slices per side, 0 to 10."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"context must be a whole number of slices (0-10), got {text!r}") from None
+    if not 0 <= value <= 10:
+        raise argparse.ArgumentTypeError(f"context must lie in 0..10 slices, got {value}")
+    return value
+
+
+def _cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
@@ -22,12 +51,13 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--method", choices=MODES, default="spd",
                    help="spd: distilled consensus prompts (default); raw: every centerline point as is; "
                         "local: saliency check on the slice's own points only")
-    g.add_argument("--prior", default="sam-votes", metavar="sam-votes|intensity|trained-aorta|FILE",
-                   help="saliency prior: 'sam-votes' (training-free, default), 'intensity' (training-free, "
+    g.add_argument("--prior", default="sam-track", metavar="sam-track|sam-votes|intensity|trained-aorta|FILE",
+                   help="saliency prior: 'sam-track' (training-free, default: the structure followed through the "
+                        "slices, 3-D continuity), 'sam-votes' (training-free, window votes), 'intensity' (training-free, "
                         "no SAM, for homogeneous structures), a shipped trained prior ('trained-aorta') or a "
                         "prior.pt made by train-prior")
-    g.add_argument("--tau", type=float, default=None, help="saliency threshold (default: the prior's, 0.5)")
-    g.add_argument("--context", type=int, default=2, help="neighbouring slices per side for CPD (default 2)")
+    g.add_argument("--tau", type=_tau, default=None, help="saliency threshold in [0, 1) (default: the prior's, 0.5)")
+    g.add_argument("--context", type=_context, default=2, help="neighbouring slices per side for CPD, 0-10 (default 2)")
     g.add_argument("--consistency", action="store_true",
                    help="let each slice's mask guide the next one (one direction)")
     g.add_argument("--fallback", choices=FALLBACKS, default="empty",
@@ -40,6 +70,9 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint", type=Path, help="SAM checkpoint file (official SAM); never downloaded")
     g.add_argument("--decoder", type=Path, help="mask decoder fine-tuned by train-decoder (enables point prompts)")
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    g.add_argument("--runtime", choices=("auto", "torch", "onnx"), default="auto",
+                   help="image encoder runtime: onnx (ONNX Runtime, about 2.5x faster on CPUs, same embeddings), "
+                        "torch, or auto (onnx on the CPU when installed, torch on CUDA; default)")
     g.add_argument("--cache-dir", type=Path, help="folder that keeps image embeddings between runs")
 
 
@@ -59,9 +92,14 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
 
 def _add_evaluation_options(p: argparse.ArgumentParser, second_prior_default: str | None) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder: results.csv, report.md, PNGs")
-    p.add_argument("--methods", nargs="+", default=None, help="subset of: raw random box local spd spd+psc "
-                                                                  "spd-prior2 label-box (default: all)")
-    p.add_argument("--severity", nargs="+", default=["clinical"], help="mild clinical severe (default clinical)")
+    from ..evaluation.harness import METHODS
+    from ..evaluation.noise import SEVERITIES
+
+    p.add_argument("--methods", nargs="+", default=None, choices=METHODS, metavar="METHOD",
+                   help=f"subset of: {' '.join(METHODS)} (default: all). oracle-prior and label-box use the label: "
+                        "they are upper bounds to judge the others by, never results")
+    p.add_argument("--severity", nargs="+", default=["clinical"], choices=tuple(SEVERITIES), metavar="SEVERITY",
+                   help="mild clinical severe (default clinical)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--label-value", type=int, default=None, help="label value of the target in multi-label maps")
     p.add_argument("--second-prior", default=second_prior_default,
@@ -95,6 +133,25 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png", type=Path, help="also write a PNG overlay of a few slices")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--mask-nonfinite", action="store_true",
+                   help="treat NaN/infinite voxels as the lowest intensity (otherwise such a volume is refused)")
+    p.add_argument("--force", action="store_true",
+                   help="write the result even when the prior found the structure at none of the points (exit 0)")
+    _add_engine_options(p)
+
+    p = sub.add_parser("segment-batch", help="segment a folder of studies on Dask distributed",
+                       description="Studies: DIR/<study>/image.(nii.gz|nrrd|mha) or image/ (DICOM) plus "
+                                   "centerline.mrk.json, optional case.json (preset). Writes OUT/<study>/"
+                                   "segmentation.seg.nrrd and summary.json, and OUT/batch.json. Runs on an in-process "
+                                   "Dask LocalCluster (--workers) or an existing cluster (--scheduler); a study that "
+                                   "fails is reported and the others go on.")
+    p.add_argument("--cases", type=Path, required=True, help="folder of study folders")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--workers", type=int, default=2, help="worker processes of the local cluster (default 2)")
+    p.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler, e.g. tcp://host:8786")
+    p.add_argument("--threads", type=int, default=1, help="threads per worker (default 1)")
+    p.add_argument("--serial", action="store_true", help="run the studies one after the other, without Dask")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     _add_engine_options(p)
 
     p = sub.add_parser("demo", help="run raw-prompt SAM vs SPD on the bundled real CTA aorta",
@@ -124,7 +181,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate-sample", help="build the case folder from the fetched sample data and evaluate it",
                        description="One command for the README's evaluation: build-cases (when the case folder is "
                                    "missing) then evaluate with the shipped trained prior as the second prior.")
-    p.add_argument("--cases", type=Path, default=Path.home() / ".cache" / "spdsegment" / "cases",
+    p.add_argument("--cases", type=Path, default=DEFAULT_CASES,
                    help="case folder, built when missing (default ~/.cache/spdsegment/cases)")
     _add_evaluation_options(p, second_prior_default="trained-aorta")
 
@@ -145,7 +202,7 @@ def _build_parser() -> argparse.ArgumentParser:
                                    "noisy centerlines; loss Dice + Focal + lambda * PSC (one direction). Reports "
                                    "point-only validation Dice before and after.")
     p.add_argument("--cases", type=Path, required=True)
-    p.add_argument("--prior", required=True, help="prior.pt from train-prior, or sam-votes / intensity")
+    p.add_argument("--prior", required=True, help="prior.pt from train-prior, or sam-track / sam-votes / intensity")
     p.add_argument("--out", type=Path, required=True, help="output decoder file, e.g. decoder.pt")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--lambda-psc", type=float, default=0.5, help="weight of the pairwise slice consistency loss")
@@ -162,32 +219,40 @@ def _build_parser() -> argparse.ArgumentParser:
 def cmd_segment(args) -> int:
     from ..evaluation.figures import overlay_png
     from ..io import guard_output, read_markups, read_volume, write_markups, write_segmentation, write_volume
+    from ..method.checks import preflight
+    from ..method.pipeline import NothingToSegment, segment
     from .outputs import audit_markups
-    from ..method.pipeline import segment
 
-    for out in [args.out, args.saliency_out, args.prompts_out, args.png]:
-        if out is not None:
-            guard_output(out, args.overwrite)  # fail before the long run, not after
     if not str(args.out).endswith(".seg.nrrd"):
         raise ValueError(f"--out must end in .seg.nrrd, got {args.out}")
+    for out in [args.out, args.saliency_out, args.prompts_out, args.png]:
+        if out is not None:
+            guard_output(out, args.overwrite, create_parent=False)  # fail before the long run, not after
     volume = read_volume(args.volume)
     centerline = read_markups(args.centerline)
+    params = segment_params(args)
+    checked = preflight(volume, centerline, params, mask_nonfinite=args.mask_nonfinite)  # before any model work
     backend, prior = backend_and_prior(args)
     bar = TqdmProgress("SPDSegment", not args.quiet)
+    status = 0
     try:
-        result = segment(volume, centerline, backend, prior, segment_params(args), progress=bar)
+        result = segment(checked.volume, centerline, backend, prior, params, progress=bar, checked=checked)
+    except NothingToSegment as exc:
+        if not args.force:
+            raise
+        result, status = exc.result, 0
     finally:
         bar.close()
     name = args.segment_name or centerline.name
-    write_segmentation(volume, {name: result.mask}, args.out, overwrite=args.overwrite)
+    write_segmentation(checked.volume, {name: result.mask}, args.out, overwrite=args.overwrite)
     if args.saliency_out:
-        write_volume(volume.with_array(result.saliency, "saliency"), args.saliency_out, overwrite=args.overwrite)
+        write_volume(checked.volume.with_array(result.saliency, "saliency"), args.saliency_out, overwrite=args.overwrite)
     if args.prompts_out:
         write_markups(args.prompts_out, audit_markups(result), overwrite=args.overwrite)
     if args.png:
         overlay_png(result, args.png, title=f"{name}: {args.method}")
     print(json.dumps({"output": str(args.out), **result.summary()}, indent=2, default=str))
-    return 0
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from ..io import InputError
-    from ..method.pipeline import Cancelled
+    from ..method.pipeline import Cancelled, NothingToSegment
+    from ..sam.onnx_runtime import OnnxUnavailable
     from ..sam.backend import CheckpointError
     from ..method.saliency import PriorFileError
     from ..evaluation.sample_data import SampleDataMissing
@@ -208,6 +274,17 @@ def main(argv: list[str] | None = None) -> int:
             from .demo import run_demo
 
             return run_demo(args)
+        if args.command == "segment-batch":
+            from .batch import EngineOptions, run_batch
+
+            device = "cpu" if args.device == "auto" and not _cuda() else args.device
+            options = EngineOptions(backend=args.backend, checkpoint=str(args.checkpoint) if args.checkpoint else None,
+                                    device=device, runtime=args.runtime, prior=args.prior, method=args.method,
+                                    tau=args.tau, context=args.context, preset=args.preset, threads=args.threads,
+                                    overwrite=args.overwrite)
+            records = run_batch(args.cases, args.out, options, workers=args.workers, scheduler=args.scheduler,
+                                serial=args.serial)
+            return 0 if all(r["status"] == "ok" for r in records) else 1
         if args.command == "build-cases":
             from ..evaluation.cases import build_sample_cases
 
@@ -216,10 +293,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("evaluate", "evaluate-sample"):
             from ..evaluation.harness import METHODS, EvalConfig, run_evaluation
 
-            if args.command == "evaluate-sample" and not args.cases.exists():
-                from ..evaluation.cases import build_sample_cases
+            if args.command == "evaluate-sample":
+                from ..evaluation.cases import build_sample_cases, sample_cases_stale
 
-                build_sample_cases(args.cases)
+                if sample_cases_stale(args.cases, default=DEFAULT_CASES):
+                    build_sample_cases(args.cases)
             backend, _ = backend_and_prior(args)
             second = None if args.second_prior in (None, "intensity") else args.second_prior
             config = EvalConfig(methods=tuple(args.methods or METHODS), severities=tuple(args.severity),
@@ -259,7 +337,10 @@ def main(argv: list[str] | None = None) -> int:
 
             fetch(args.sdist)
             return 0
-    except (InputError, CheckpointError, PriorFileError, SampleDataMissing, ValueError) as exc:
+    except NothingToSegment as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except (InputError, CheckpointError, PriorFileError, SampleDataMissing, OnnxUnavailable, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Cancelled as exc:

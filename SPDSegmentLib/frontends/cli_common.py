@@ -28,7 +28,7 @@ def backend_and_prior(args):
     from ..sam.backend import load_backend
 
     cache = EmbeddingCache(folder=args.cache_dir) if args.cache_dir else None
-    backend = load_backend(args.backend, args.checkpoint, args.device, cache)
+    backend = load_backend(args.backend, args.checkpoint, args.device, cache, runtime=getattr(args, "runtime", "auto"))
     if getattr(args, "decoder", None):
         from ..training.decoder import load_decoder
 

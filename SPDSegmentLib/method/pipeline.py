@@ -18,7 +18,8 @@ from scipy import ndimage
 from .prompts import Centerline, SlicePrompts, prompt_extent, slice_prompts
 from .cpd import FALLBACKS, MODES, SliceDecision, distill
 from .windowing import volume_window
-from .rendering import RenderedPrompt, render, structure_radius_px
+from .checks import Preflight, preflight
+from .rendering import RenderedPrompt, region_prompts, render, structure_radius_px
 from .saliency import PriorInputs, SaliencyPrior
 from ..volume import Volume
 
@@ -32,6 +33,15 @@ class Cancelled(RuntimeError):
     """The user cancelled; nothing was written."""
 
 
+class NothingToSegment(ValueError):
+    """The prior found the structure at none of the user's points (a blank, uniform or unreadable
+    image, or points far off any structure). ``result`` holds the (empty) run, for ``--force``."""
+
+    def __init__(self, message: str, result: "SegmentationResult") -> None:
+        super().__init__(message)
+        self.result = result
+
+
 @dataclass
 class SegmentParams:
     """Knobs of one run. ``tau=None`` takes the prior's own default."""
@@ -40,6 +50,7 @@ class SegmentParams:
     tau: float | None = None
     context: int = 2
     consistency: bool = False  # inference-time previous-slice guidance (one direction)
+    propagate: bool = True  # slices without consensus points take the prior's region there as their prompt
     fallback: str = "empty"  # empty | peak
     intensity_preset: str = "auto"
     group_distance_mm: float = 10.0
@@ -105,10 +116,10 @@ class SegmentationResult:
 
 
 DISAGREEMENT_WARNING_FRACTION = 0.2  # fewer of the user's points kept than this: the prior likely misfits
-DISAGREEMENT_MIN_POINTS = 10
+DISAGREEMENT_MIN_POINTS = 5
 
 
-def prior_disagreement(decisions: dict[int, SliceDecision], prior_name: str) -> str | None:
+def prior_disagreement(decisions: dict[int, SliceDecision], prior) -> str | None:
     """A warning when the prior rejects most of the user's own points: on a scan or anatomy the prior
     was not made for (e.g. an abdominal prior on a chest CT) it sees nothing, and SPD would drop
     the prompts silently."""
@@ -118,12 +129,13 @@ def prior_disagreement(decisions: dict[int, SliceDecision], prior_name: str) -> 
     kept = sum(p.status == "kept" for p in own) / len(own)
     if kept >= DISAGREEMENT_WARNING_FRACTION:
         return None
-    if prior_name in ("sam-votes", "intensity"):  # training-free: the points themselves are likely off
+    prior_name = getattr(prior, "name", str(prior))
+    if getattr(prior, "training_free", False):  # the points themselves are likely off
         return (f"the saliency prior '{prior_name}' accepted only {100 * kept:.0f}% of the centerline's points: "
                 "most points may lie off the structure, or it is hard to see; check the rejected points and the "
                 "result, or compare with method 'raw'")
     return (f"the saliency prior '{prior_name}' accepted only {100 * kept:.0f}% of the centerline's points: it may "
-            "not fit this scan or anatomy; check the result, or use the training-free prior (sam-votes)")
+            "not fit this scan or anatomy; check the result, or use the training-free prior (sam-track)")
 
 
 def _check_cancel(cancel: CancelCheck | None) -> None:
@@ -146,16 +158,23 @@ def _keep_supported(mask: np.ndarray, previous: np.ndarray, points, reach_px: fl
 
 def segment(volume: Volume, centerline: Centerline, backend, prior: SaliencyPrior,
             params: SegmentParams | None = None, progress: ProgressCallback | None = None,
-            cancel: CancelCheck | None = None, saliency: dict[int, np.ndarray] | None = None) -> SegmentationResult:
+            cancel: CancelCheck | None = None, saliency: dict[int, np.ndarray] | None = None,
+            checked: Preflight | None = None) -> SegmentationResult:
     """Segment the structure a (noisy) centerline runs through.
 
     ``backend`` is a :class:`~SPDSegmentLib.sam.backend.SamBackend`; ``prior`` any
-    :class:`~SPDSegmentLib.method.saliency.SaliencyPrior`. ``progress(fraction, message)`` is called per
-    slice; ``cancel()`` returning True stops the run with :class:`Cancelled`. ``saliency`` reuses the
-    per-slice maps of an earlier run on the same prompts (``result.saliency_maps``), skipping the prior.
+    :class:`~SPDSegmentLib.method.saliency.SaliencyPrior`. ``progress(fraction, message)`` is called
+    per slice; ``cancel()`` returning True stops the run with :class:`Cancelled`. ``saliency`` reuses
+    the per-slice maps of an earlier run on the same prompts (``result.saliency_maps``), skipping the
+    prior. The inputs are checked first (:func:`~SPDSegmentLib.method.checks.preflight`; ``checked``
+    is its outcome when the caller already ran it). Raises :class:`NothingToSegment` when the prior
+    finds the structure at none of the points.
     """
     params = params or SegmentParams()
     params.validate()
+    if checked is None:
+        checked = preflight(volume, centerline, params)
+    volume = checked.volume
     report = progress or (lambda f, m: None)
     timings = {"prompts": 0.0, "encode": 0.0, "saliency": 0.0, "cpd": 0.0, "decode": 0.0}
     encodes_before = backend.encode_calls
@@ -203,9 +222,9 @@ def segment(volume: Volume, centerline: Centerline, backend, prior: SaliencyPrio
     decisions = distill(prompts, saliency, processed, tau=tau, context=params.context, mode=params.method,
                         fallback=params.fallback)
     timings["cpd"] = time.perf_counter() - t1
-    warnings = []
+    warnings = list(checked.warnings)
     if params.method != "raw":
-        warning = prior_disagreement(decisions, prior.name)
+        warning = prior_disagreement(decisions, prior)
         if warning:
             log.warning(warning)
             warnings.append(warning)
@@ -223,6 +242,10 @@ def segment(volume: Volume, centerline: Centerline, backend, prior: SaliencyPrio
         report(start + (1 - start) * i / len(processed), f"segmenting slice {t} ({i + 1}/{len(processed)})")
         points = consensus[t]
         prompts_t = render(points, saliency[t], tau, radius_px, backend.prompt_mode, with_points)
+        if params.propagate and params.method != "raw" and not prompts_t:
+            prompts_t = region_prompts(saliency[t], tau, backend.prompt_mode)
+            if prompts_t:
+                decisions[t].flags.append("propagated")
         if params.consistency and not prompts_t and previous is not None and previous.any():
             # carry the previous slice's mask forward as a box where the prior still agrees
             region = np.argwhere(previous & (saliency[t] > tau))
@@ -248,5 +271,14 @@ def segment(volume: Volume, centerline: Centerline, backend, prior: SaliencyPrio
         previous = mask if params.consistency else None
     report(1.0, "done")
 
-    return SegmentationResult(volume, volume.to_array_order(out).copy(), prompts, decisions, processed, tau, params, timings,
-                              backend.encode_calls - encodes_before, saliency, warnings)
+    result = SegmentationResult(volume, volume.to_array_order(out).copy(), prompts, decisions, processed, tau, params,
+                                timings, backend.encode_calls - encodes_before, saliency, warnings)
+    if params.method != "raw" and not out.any():
+        n_points = sum(len(p) for p in prompts.values())
+        message = (f"the saliency prior '{prior.name}' found the structure at none of the {n_points} centerline "
+                   "points, so nothing was segmented: the image may be blank, uniform or unreadable around them, "
+                   "or the points lie off any structure. Check the volume and the centerline; to keep the empty "
+                   "result anyway, use --force")
+        result.warnings.append(message)
+        raise NothingToSegment(message, result)
+    return result

@@ -90,3 +90,28 @@ def render(points: list, saliency: np.ndarray, tau: float, radius_px: float, mod
         else:
             out.append(RenderedPrompt(rc, box if with_points else None))
     return out
+
+
+def region_prompts(saliency: np.ndarray, tau: float, mode: str = "box", min_area_px: int = 4,
+                   margin_fraction: float = 0.1, min_margin_px: float = 2.0) -> list[RenderedPrompt]:
+    """Prompts for a slice with no consensus point: one box per salient region (the prior's view of
+    the structure there, e.g. carried through a gap or a rejected drift by the continuity step).
+    Point backends get the region's innermost pixel as a point as well."""
+    labels, n = ndimage.label(saliency > tau)
+    out = []
+    for index, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        region = labels[sl] == index
+        if region.sum() < min_area_px:
+            continue
+        extent = np.array([[sl[0].start, sl[1].start], [sl[0].stop - 1, sl[1].stop - 1]], dtype=float)
+        size = float(np.max(extent[1] - extent[0]))
+        box = _box(extent, saliency.shape, max(min_margin_px, margin_fraction * size))
+        if mode == "box":
+            out.append(RenderedPrompt(np.empty((0, 2)), box))
+        else:
+            inside = ndimage.distance_transform_edt(region)
+            r, c = np.unravel_index(int(np.argmax(inside)), inside.shape)
+            out.append(RenderedPrompt(np.array([[r + sl[0].start, c + sl[1].start]], dtype=float), box))
+    return out

@@ -82,6 +82,7 @@ class AppearanceTrackPrior:
     name: str = "intensity"
     default_tau: float = 0.5
     embeds: str = "none"
+    training_free: bool = True
     stats: dict = field(default_factory=dict)
 
     def _appearance_model(self, slices: np.ndarray, prompts: SlicePrompts) -> tuple[float, float]:
@@ -162,6 +163,7 @@ class SamVotePrior:
     name: str = "sam-votes"
     default_tau: float = 0.5
     embeds: str = "all"
+    training_free: bool = True
     stats: dict = field(default_factory=dict)
 
     def _best_masks(self, backend, emb, centres: np.ndarray, shape, spacing) -> np.ndarray:
@@ -217,6 +219,34 @@ class SamVotePrior:
         return out
 
 
+@dataclass
+class TrackPrior:
+    """Training-free prior from 3-D continuity (:mod:`~SPDSegmentLib.method.continuity`): the SAM
+    objects that the curve's points support, followed slice to slice through gaps and drift, with
+    drift excursions rejected whatever their length. 1 on the kept objects, 0 elsewhere."""
+
+    name: str = "sam-track"
+    default_tau: float = 0.5
+    embeds: str = "all"
+    training_free: bool = True
+    params: object = None  # continuity.TrackingParams; None: the defaults
+    stats: dict = field(default_factory=dict)
+    last: object = None  # the last continuity.TrackingResult, for audit and figures
+
+    def compute(self, inputs: PriorInputs, slice_indices: list[int]) -> dict[int, np.ndarray]:
+        from .continuity import Tracker
+
+        if inputs.backend is None:
+            raise ValueError("the sam-track prior needs a SAM backend")
+        tracker = Tracker(inputs.backend, inputs.slices_u8, inputs.prompts, inputs.volume.in_plane_spacing,
+                          self.params, tick=inputs.tick)
+        result = tracker.run(list(slice_indices))
+        self.last = result
+        self.stats = {"decodes": result.decodes, "objects": len(result.objects), "kept": len(result.kept),
+                      "reasons": dict(result.reasons)}
+        return result.maps(list(slice_indices), inputs.volume.slice_shape)
+
+
 # --- trained head ----------------------------------------------------------------------------------
 PRIOR_FORMAT = "spdsegment-saliency-prior"
 PRIOR_FORMAT_VERSION = 2  # 2: may carry LoRA encoder adapters; files without them are written as 1
@@ -256,6 +286,7 @@ class TrainedSaliencyPrior:
     metadata: dict
     name: str = "trained"
     embeds: str = "all"
+    training_free: bool = False
     encoder: object = None  # a LoRA-adapted copy of the SAM image encoder, when trained with --lora-rank
 
     def __post_init__(self) -> None:
@@ -351,9 +382,12 @@ def shipped_priors() -> dict[str, Path]:
 
 
 def load_prior(spec: str | None, backend=None) -> SaliencyPrior:
-    """``None`` / ``"sam-votes"`` -> :class:`SamVotePrior`; ``"intensity"`` -> :class:`AppearanceTrackPrior`;
+    """``None`` / ``"sam-track"`` -> :class:`TrackPrior` (the default); ``"sam-votes"`` -> :class:`SamVotePrior`;
+    ``"intensity"`` -> :class:`AppearanceTrackPrior`;
     ``"trained-<structure>"`` -> a shipped trained prior; anything else is a path to a prior.pt file."""
-    if spec in (None, "", "sam-votes", "training-free"):
+    if spec in (None, "", "sam-track", "training-free"):
+        return TrackPrior()
+    if spec == "sam-votes":
         return SamVotePrior()
     if spec == "intensity":
         return AppearanceTrackPrior()

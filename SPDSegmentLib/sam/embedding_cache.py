@@ -1,12 +1,18 @@
-"""Cache of SAM image embeddings keyed by (backend identity, slice content).
+"""Caches of SAM work: image embeddings keyed by (backend identity, slice content), and decoded
+masks keyed by (embedding, prompt).
 
 Keying by the 8-bit slice's bytes rather than by (volume, index) means a cached embedding can never
 be served for a slice whose voxels or window changed, and the same slice in two runs (moved prompts,
-another method in the evaluation) is encoded once. An optional folder persists them across runs.
+another method in the evaluation) is encoded once. An optional folder persists embeddings across
+runs and processes: each file is written to a private temporary name and renamed into place (two
+processes sharing the folder never see half a file), and carries its own key; a truncated, foreign
+or mismatched file is logged, deleted and recomputed, never trusted.
 """
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,11 +20,36 @@ from pathlib import Path
 import numpy as np
 
 
+log = logging.getLogger(__name__)
+
+
 @dataclass
 class SliceEmbedding:
     features: "object"  # torch.Tensor 1x256x64x64 on the CPU
     original_size: tuple[int, int]
     input_size: tuple[int, int]
+    key: str = ""  # the cache key it was stored under: decoded masks are cached against it
+
+
+class CorruptCacheFile(ValueError):
+    pass
+
+
+def _valid(data, key: str) -> SliceEmbedding:
+    """The embedding in a loaded cache file, or CorruptCacheFile when it is not one of ours."""
+    import torch
+
+    if not isinstance(data, dict) or not {"features", "original_size", "input_size"} <= set(data):
+        raise CorruptCacheFile("not an SPDSegment embedding file")
+    if data.get("key", key) != key:
+        raise CorruptCacheFile(f"the file holds the embedding of another slice ({data.get('key')})")
+    features = data["features"]
+    if not isinstance(features, torch.Tensor) or features.ndim != 4 or not torch.isfinite(features).all():
+        raise CorruptCacheFile("its features are not a finite 4-D tensor")
+    sizes = [tuple(int(v) for v in data[k]) for k in ("original_size", "input_size")]
+    if any(len(s) != 2 for s in sizes):
+        raise CorruptCacheFile("its image sizes are malformed")
+    return SliceEmbedding(features, sizes[0], sizes[1], key)
 
 
 class EmbeddingCache:
@@ -30,6 +61,7 @@ class EmbeddingCache:
         self._items: OrderedDict[str, SliceEmbedding] = OrderedDict()
         self.hits = 0
         self.misses = 0
+        self.rejected = 0  # cache files found unusable
 
     @staticmethod
     def key(identity: str, slice_u8: np.ndarray) -> str:
@@ -37,14 +69,25 @@ class EmbeddingCache:
         digest.update(repr(slice_u8.shape).encode())
         return f"{identity.replace(':', '-')}-{digest.hexdigest()}"
 
+    def _load(self, key: str) -> SliceEmbedding | None:
+        import torch
+
+        path = self.folder / f"{key}.pt"
+        try:
+            return _valid(torch.load(path, map_location="cpu", weights_only=True), key)
+        except Exception as exc:  # truncated zip, pickle error, foreign content: all mean "recompute"
+            log.warning("embedding cache file %s is unusable (%s: %s); it is deleted and recomputed", path,
+                        type(exc).__name__, str(exc).splitlines()[0][:160] if str(exc) else "")
+            path.unlink(missing_ok=True)
+            self.rejected += 1
+            return None
+
     def get(self, key: str) -> SliceEmbedding | None:
         item = self._items.get(key)
         if item is None and self.folder is not None and (self.folder / f"{key}.pt").is_file():
-            import torch
-
-            data = torch.load(self.folder / f"{key}.pt", map_location="cpu", weights_only=True)
-            item = SliceEmbedding(data["features"], tuple(data["original_size"]), tuple(data["input_size"]))
-            self._items[key] = item
+            item = self._load(key)
+            if item is not None:
+                self._items[key] = item
         if item is None:
             self.misses += 1
             return None
@@ -53,6 +96,7 @@ class EmbeddingCache:
         return item
 
     def put(self, key: str, item: SliceEmbedding) -> None:
+        item.key = key
         self._items[key] = item
         self._items.move_to_end(key)
         while len(self._items) > self.max_items:
@@ -61,10 +105,10 @@ class EmbeddingCache:
             import torch
 
             self.folder.mkdir(parents=True, exist_ok=True)
-            tmp = self.folder / f"{key}.pt.tmp"
+            tmp = self.folder / f"{key}.pt.{os.getpid()}.tmp"  # private to this process
             torch.save({"features": item.features, "original_size": list(item.original_size),
-                        "input_size": list(item.input_size)}, tmp)
-            tmp.replace(self.folder / f"{key}.pt")
+                        "input_size": list(item.input_size), "key": key}, tmp)
+            tmp.replace(self.folder / f"{key}.pt")  # atomic on one file system
 
     def __len__(self) -> int:
         return len(self._items)
@@ -78,3 +122,31 @@ class EmbeddingCache:
                 f.unlink()
                 removed += 1
         return removed
+
+
+class DecodeCache:
+    """LRU of decoded masks (bit-packed) by (embedding key, decoder version, prompt): the same box on the
+    same slice is decoded once per process, in the prior, the final pass and a re-run after an edit."""
+
+    def __init__(self, max_items: int = 8192) -> None:
+        self.max_items = max_items
+        self._items: OrderedDict[tuple, tuple[np.ndarray, tuple[int, int], float]] = OrderedDict()
+        self.hits = 0
+
+    def get(self, key: tuple):
+        item = self._items.get(key)
+        if item is None:
+            return None
+        self._items.move_to_end(key)
+        self.hits += 1
+        packed, shape, score = item
+        return np.unpackbits(packed, count=shape[0] * shape[1]).reshape(shape).astype(bool), score
+
+    def put(self, key: tuple, mask: np.ndarray, score: float) -> None:
+        self._items[key] = (np.packbits(mask.ravel()), mask.shape, score)
+        self._items.move_to_end(key)
+        while len(self._items) > self.max_items:
+            self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        self._items.clear()

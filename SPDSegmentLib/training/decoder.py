@@ -107,6 +107,7 @@ def train_decoder(cases_dir, out, backend, prior, val_cases: tuple[str, ...] = (
     history = []
     start = time.perf_counter()
     sam.mask_decoder.train()
+    backend.decoder_version += 1  # the decoder changes in place: masks decoded before are stale
     for epoch in range(epochs):
         losses = []
         order = list(by_case)
@@ -155,6 +156,7 @@ def load_decoder(backend, path) -> dict:
         raise CheckpointError(f"{path} was fine-tuned from another SAM checkpoint ({meta['backend']}); "
                               f"it cannot be used with {backend.name}")
     backend.sam.mask_decoder.load_state_dict(data["state_dict"], strict=True)
+    backend.decoder_version += 1  # masks decoded with the old decoder are stale
     backend.prompt_mode = meta.get("prompts", "points")
     backend.decoder_file = str(path)
     return meta

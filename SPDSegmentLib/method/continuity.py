@@ -1,0 +1,505 @@
+"""3-D continuity: follow the structure through the slices as connected objects, so that the whole
+curve, not a fixed window, decides which of the user's points lie on the target.
+
+A structure is one connected object through the volume. Where the user's points drift onto a
+neighbour, the target does not stop: it continues on those slices, only without points. So:
+
+1. **Seeds.** A point group that no tracked object explains gets a SAM mask from a box around it,
+   at the smallest of several sizes where the mask is *enclosed* (it does not run along the box's
+   edge), confident (SAM's predicted IoU) and *stable* (the next larger box gives the same mask),
+   so the extent comes from the image, not from a constant. A box that SAM fills completely, or
+   one on a blank patch, is no seed: on an uninformative slice nothing counts as evidence.
+2. **Tracking.** Every object is carried to the next slice with a box around its mask, decoded by
+   SAM, and kept only when the new mask passes the gates (predicted IoU, overlap with the previous
+   mask, area change). A mask that runs along its box's edge is re-decoded once with a larger box
+   (growth, gated the same way), so large structures reach their extent without following leaks.
+   Objects keep going through slices without points for as long as they have been supported, so
+   the target bridges gaps and drift stretches of any length. Objects that meet are merged.
+   Objects that start late are also tracked backwards.
+3. **Selection.** Each object is supported by the points inside it. The best-supported object is
+   the target. Another object is kept when it is well supported, unless it is an *excursion*: its
+   points take over from the target's on a stretch of slices that the target's own points bracket
+   on both sides, while the target itself continues through that stretch. That is a drift, however
+   long it is.
+
+The result is one map per slice (1 on the kept objects, 0 elsewhere): a saliency prior with the same
+contract as the others, so CPD and rendering are unchanged. It also reports, per slice, the masks
+that bridge slices without trusted points, for propagation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .prompts import SlicePrompts
+
+SEED_HALF_SIZES_MM = (6.0, 9.0, 13.0, 19.0, 28.0, 40.0, 60.0, 90.0)
+FIXED_HALF_SIZES_MM = (6.0, 12.0, 24.0)  # the window-voting prior's sizes, for the ablation
+
+
+@dataclass(frozen=True)
+class TrackingParams:
+    """Gates and limits of the tracker (see module docstring). ``extent=False`` is the ablation
+    without extent from the image: seeds take the best-scoring of three fixed box sizes, no growth."""
+
+    extent: bool = True
+    min_score: float = 0.55  # SAM's predicted IoU below which a seed mask is no evidence
+    min_follow_score: float = 0.45  # the same for a mask carried from the neighbouring slice
+    edge_fraction: float = 0.06  # of the box border covered by the mask: above it, "touches the edge"
+    stable_dice: float = 0.7  # (nearly) the same mask from the next larger box
+    grow_score_margin: float = 0.05  # a larger enclosing mask replaces a seed when SAM is this much surer
+    grow_area_limit: float = 3.0  # ... and it is at most this many times larger (a lumen's vessel, not the body)
+    box_fill_limit: float = 0.92  # a mask filling its box this much is the box, not a structure
+    min_texture: float = 2.0  # grey-level sd inside a seed box below which the patch is blank
+    min_overlap: float = 0.25  # Dice with the previous slice's mask to continue an object
+    area_ratio: tuple[float, float] = (0.5, 1.6)  # allowed area change per slice
+    max_growth: float = 1.8  # of the object's median seeded area: masks never balloon along a leak
+    attach_mm: float = 3.0  # a point this close to an object's mask belongs to it
+    margin_fraction: float = 0.15  # box margin around a mask, of its size
+    min_margin_px: float = 2.0
+    merge_dice: float = 0.5
+    link_gap_slices: int = 3  # objects that end and start this close, in the same place, are one
+    min_gap_slices: int = 6  # an object may cross at least this many slices without points
+    min_support_fraction: float = 0.1  # of the target's support, for another object to be kept
+    min_support_points: int = 3
+
+
+@dataclass
+class TrackedObject:
+    oid: int
+    masks: dict[int, np.ndarray] = field(default_factory=dict)
+    scores: dict[int, float] = field(default_factory=dict)
+    support: dict[int, int] = field(default_factory=dict)  # slice -> own points inside
+    seeded: set = field(default_factory=set)  # slices where a point seeded the mask
+    unsupported_run: int = 0
+    active: bool = True
+
+    @property
+    def total_support(self) -> int:
+        return int(sum(self.support.values()))
+
+    @property
+    def support_slices(self) -> list[int]:
+        return sorted(t for t, n in self.support.items() if n > 0)
+
+    def reference_area(self) -> float:
+        areas = [float(self.masks[t].sum()) for t in self.seeded if t in self.masks]
+        return float(np.median(areas)) if areas else float(next(iter(self.masks.values())).sum())
+
+    def max_gap(self, params: TrackingParams) -> int:
+        """Slices it may cross without points: twice as many as it has supported slices (so the
+        target bridges drift and gaps of any length), at least ``min_gap_slices``."""
+        return max(params.min_gap_slices, 2 * len(self.support_slices))
+
+    def absorb(self, other: "TrackedObject") -> None:
+        """Take over ``other`` (the same structure): its points, and its masks where it is the
+        better-supported or more confident one (never a union, which would grow along leaks)."""
+        for t, m in other.masks.items():
+            mine = (self.support.get(t, 0), self.scores.get(t, -1.0))
+            theirs = (other.support.get(t, 0), other.scores[t])
+            if t not in self.masks or theirs > mine:
+                self.masks[t], self.scores[t] = m, other.scores[t]
+        for t, n in other.support.items():
+            self.support[t] = self.support.get(t, 0) + n
+        self.seeded |= other.seeded
+        self.unsupported_run = min(self.unsupported_run, other.unsupported_run)
+
+
+@dataclass
+class TrackingResult:
+    objects: list[TrackedObject]
+    kept: list[int]  # oids
+    reasons: dict[int, str]  # oid -> why kept or rejected
+    decodes: int = 0
+
+    def kept_objects(self) -> list[TrackedObject]:
+        return [o for o in self.objects if o.oid in self.kept]
+
+    def maps(self, slices: list[int], shape: tuple[int, int]) -> dict[int, np.ndarray]:
+        out = {t: np.zeros(shape, dtype=np.float32) for t in slices}
+        for o in self.kept_objects():
+            for t, m in o.masks.items():
+                if t in out:
+                    out[t][m] = 1.0
+        return out
+
+
+def same_region(a: np.ndarray, b: np.ndarray, min_dice: float) -> bool:
+    """Two masks of one structure: overlapping and of similar size (a mask inside a much larger one
+    is a part inside a container, not the same region)."""
+    sa, sb = float(a.sum()), float(b.sum())
+    return max(sa, sb) <= 2.0 * max(min(sa, sb), 1.0) and dice(a, b) >= min_dice
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+def overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of the two masks grown by one pixel: tolerant of the one-pixel shifts that dominate the
+    Dice of very small masks, equal to Dice for large ones."""
+    from scipy import ndimage
+
+    return dice(ndimage.binary_dilation(a), ndimage.binary_dilation(b))
+
+
+def _clip_box(r0, c0, r1, c1, shape) -> tuple[float, float, float, float]:
+    return (float(max(r0, 0)), float(max(c0, 0)), float(min(r1, shape[0] - 1)), float(min(c1, shape[1] - 1)))
+
+
+def edge_fraction(mask: np.ndarray, box: tuple[float, float, float, float]) -> float:
+    """Fraction of the box's border pixels (inside the image) that the mask covers."""
+    r0, c0, r1, c1 = (int(round(v)) for v in box)
+    if r1 <= r0 or c1 <= c0:
+        return 1.0
+    border = np.concatenate([mask[r0, c0:c1 + 1], mask[r1, c0:c1 + 1], mask[r0:r1 + 1, c0], mask[r0:r1 + 1, c1]])
+    return float(border.mean())
+
+
+def mask_box(mask: np.ndarray, params: TrackingParams, scale: float = 1.0) -> tuple[float, float, float, float]:
+    rows, cols = np.nonzero(mask)
+    r0, r1, c0, c1 = rows.min(), rows.max(), cols.min(), cols.max()
+    size = max(r1 - r0, c1 - c0) + 1
+    margin = max(params.min_margin_px, params.margin_fraction * size) + (scale - 1.0) * size / 2
+    return _clip_box(r0 - margin, c0 - margin, r1 + margin, c1 + margin, mask.shape)
+
+
+class Tracker:
+    """Builds :class:`TrackedObject` s from one run's prompts (see module docstring)."""
+
+    def __init__(self, backend, slices_u8: dict[int, np.ndarray], prompts: SlicePrompts,
+                 spacing_rc: tuple[float, float], params: TrackingParams | None = None, tick=None) -> None:
+        self.backend = backend
+        self.slices_u8 = slices_u8
+        self.prompts = prompts
+        self.spacing = np.asarray(spacing_rc, dtype=float)
+        self.params = params or TrackingParams()
+        self.tick = tick
+        self.decodes = 0
+        self._next_id = 0
+
+    # --- SAM ----------------------------------------------------------------------------------
+    def _decode(self, t: int, box: tuple[float, float, float, float]) -> tuple[np.ndarray, float]:
+        """One box on one slice; boxes are snapped to whole pixels, so the same (slice, box) is decoded
+        once, here and (through the backend's decode cache) in later runs."""
+        box = tuple(float(round(v)) for v in box)
+        calls = self.backend.decode_calls
+        out = self.backend.decode(self.backend.embed(self.slices_u8[t]), None, box)
+        self.decodes += self.backend.decode_calls - calls
+        return out.mask, out.score
+
+    def _informative(self, mask: np.ndarray, score: float, box, t: int, min_score: float | None = None) -> bool:
+        """A mask is evidence only when SAM is confident, the patch has texture, and the mask is
+        not simply the box filled in."""
+        p = self.params
+        if score < (p.min_score if min_score is None else min_score) or not mask.any():
+            return False
+        r0, c0, r1, c1 = (int(round(v)) for v in box)
+        patch = self.slices_u8[t][r0:r1 + 1, c0:c1 + 1]
+        if patch.size == 0 or float(patch.std()) < p.min_texture:
+            return False
+        box_area = max((r1 - r0 + 1) * (c1 - c0 + 1), 1)
+        return float(mask[r0:r1 + 1, c0:c1 + 1].sum()) / box_area < p.box_fill_limit
+
+    def seed(self, t: int, centre_rc: np.ndarray) -> tuple[np.ndarray, float] | None:
+        """The mask of a point from the image: the smallest box size whose mask is enclosed, confident
+        and stable; then larger sizes as long as their mask is enclosed, contains the current one and
+        SAM is clearly more confident (a lumen inside a vessel wall, a patch inside an organ grow to
+        the whole). None when no size gives evidence."""
+        p = self.params
+        if not p.extent:
+            return self._fixed_seed(t, centre_rc)
+        shape = self.slices_u8[t].shape
+        r, c = centre_rc
+        ri, ci = int(round(min(max(r, 0), shape[0] - 1))), int(round(min(max(c, 0), shape[1] - 1)))
+        sizes = [h for h in SEED_HALF_SIZES_MM if not (h / self.spacing[0] > shape[0] and h / self.spacing[1] > shape[1])]
+        candidates: list[tuple[np.ndarray, float, float, bool]] = []
+
+        def candidate(i: int):
+            while len(candidates) <= i:
+                h = sizes[len(candidates)]
+                hr, hc = h / self.spacing[0], h / self.spacing[1]
+                box = _clip_box(r - hr, c - hc, r + hr, c + hc, shape)
+                mask, score = self._decode(t, box)
+                near = mask[max(ri - 1, 0): ri + 2, max(ci - 1, 0): ci + 2].any()
+                ok = bool(near) and self._informative(mask, score, box, t)
+                candidates.append((mask, score, edge_fraction(mask, box), ok))
+            return candidates[i]
+
+        def enclosed(i: int) -> bool:
+            _, _, edge, ok = candidate(i)
+            return ok and edge <= p.edge_fraction
+
+        chosen = None
+        for i in range(len(sizes) - 1):
+            if not enclosed(i):
+                continue
+            nxt_mask, _, _, nxt_ok = candidate(i + 1)
+            if not nxt_ok or dice(candidate(i)[0], nxt_mask) >= p.stable_dice:
+                chosen = i  # stable, or the larger box lost the structure: keep the enclosed one
+                break
+        if chosen is None:  # no size is stable: the one SAM is surest of among the enclosed
+            inside = [i for i in range(len(candidates)) if enclosed(i)]
+            if inside:
+                chosen = max(inside, key=lambda i: candidates[i][1])
+            else:
+                valid = [i for i in range(len(candidates)) if candidates[i][3]]
+                return (candidates[max(valid, key=lambda i: candidates[i][1])][:2]) if valid else None
+        mask, score, _, _ = candidate(chosen)
+        for j in range(chosen + 1, min(chosen + 3, len(sizes))):  # one step to the whole structure, at most
+            bigger, bigger_score, _, _ = candidate(j)
+            if not enclosed(j):
+                continue
+            contains = np.logical_and(bigger, mask).sum() / max(mask.sum(), 1)
+            if (contains >= 0.9 and bigger_score >= score + p.grow_score_margin
+                    and mask.sum() < bigger.sum() <= p.grow_area_limit * mask.sum()):
+                return bigger, bigger_score
+        return mask, score
+
+    def _fixed_seed(self, t: int, centre_rc: np.ndarray) -> tuple[np.ndarray, float] | None:
+        """Ablation: the best-scoring mask of three fixed box sizes that holds the point."""
+        shape = self.slices_u8[t].shape
+        r, c = centre_rc
+        ri, ci = int(round(min(max(r, 0), shape[0] - 1))), int(round(min(max(c, 0), shape[1] - 1)))
+        best = None
+        for h in FIXED_HALF_SIZES_MM:
+            hr, hc = h / self.spacing[0], h / self.spacing[1]
+            box = _clip_box(r - hr, c - hc, r + hr, c + hc, shape)
+            mask, score = self._decode(t, box)
+            if mask[ri, ci] and self._informative(mask, score, box, t) and (best is None or score > best[1]):
+                best = (mask, score)
+        return best
+
+    def follow(self, t: int, previous: np.ndarray, reference_area: float | None = None) -> tuple[np.ndarray, float] | None:
+        """The object's mask on slice t from a box around its mask on the neighbouring slice, grown
+        once when it runs along the box edge; None when the gates fail."""
+        p = self.params
+        box = mask_box(previous, p)
+        mask, score = self._decode(t, box)
+        if not self._gates(t, mask, score, box, previous, reference_area):
+            return None
+        if p.extent and edge_fraction(mask, box) > p.edge_fraction:
+            bigger_box = mask_box(mask, p, scale=1.5)
+            bigger, bigger_score = self._decode(t, bigger_box)
+            if (self._gates(t, bigger, bigger_score, bigger_box, previous, reference_area)
+                    and bigger_score > score and edge_fraction(bigger, bigger_box) <= p.edge_fraction):
+                return bigger, bigger_score
+        return mask, score
+
+    def _gates(self, t, mask, score, box, previous, reference_area: float | None = None) -> bool:
+        p = self.params
+        if not self._informative(mask, score, box, t, p.min_follow_score):
+            return False
+        area = float(mask.sum())
+        if reference_area and area > p.max_growth * reference_area:
+            return False
+        ratio = area / max(float(previous.sum()), 1.0)
+        return p.area_ratio[0] <= ratio <= p.area_ratio[1] and overlap(mask, previous) >= p.min_overlap
+
+    # --- objects -------------------------------------------------------------------------------
+    def _new(self, t: int, mask: np.ndarray, score: float) -> TrackedObject:
+        o = TrackedObject(self._next_id, {t: mask}, {t: score})
+        o.seeded.add(t)
+        self._next_id += 1
+        return o
+
+    def _groups(self, t: int) -> list[tuple[np.ndarray, int]]:
+        groups: dict[int, list] = {}
+        for pt in self.prompts.get(t, []):
+            groups.setdefault(pt.group, []).append((pt.row, pt.col))
+        return [(np.median(np.array(v), axis=0), len(v)) for v in groups.values()]
+
+    def _owner(self, t: int, centre: np.ndarray, live: list[TrackedObject]) -> TrackedObject | None:
+        """The live object a point belongs to: the smallest one whose mask holds it or lies within
+        ``attach_mm`` of it (a point inside a small object nested in a large one is the small one's)."""
+        shape = self.slices_u8[t].shape
+        r, c = min(max(int(round(centre[0])), 0), shape[0] - 1), min(max(int(round(centre[1])), 0), shape[1] - 1)
+        best, best_area = None, np.inf
+        reach = np.ceil(self.params.attach_mm / self.spacing).astype(int)
+        for o in live:
+            if t not in o.masks:
+                continue
+            m = o.masks[t]
+            near = m[max(r - reach[0], 0): r + reach[0] + 1, max(c - reach[1], 0): c + reach[1] + 1].any()
+            area = float(m.sum())
+            if (m[r, c] or near) and (area < best_area or (best is not None and m[r, c] and not best.masks[t][r, c])):
+                best, best_area = o, area
+        return best
+
+    def _assign(self, t: int, live: list[TrackedObject]) -> None:
+        """Attach slice t's point groups to the live objects that hold them; seed the rest."""
+        for centre, n in self._groups(t):
+            owner = self._owner(t, centre, live)
+            if owner is None:
+                found = self.seed(t, centre)
+                if found is None:
+                    continue
+                mask, score = found
+                owner = next((o for o in live if t in o.masks and same_region(o.masks[t], mask, self.params.merge_dice)),
+                             None)
+                if owner is None:
+                    owner = self._new(t, mask, score)
+                    live.append(owner)
+                    self.objects.append(owner)
+                else:
+                    owner.seeded.add(t)
+            owner.support[t] = owner.support.get(t, 0) + n
+
+    def _merge(self, t: int, live: list[TrackedObject]) -> list[TrackedObject]:
+        merged: list[TrackedObject] = []
+        for o in sorted(live, key=lambda x: x.oid):
+            target = next((m for m in merged if t in m.masks and t in o.masks
+                           and same_region(m.masks[t], o.masks[t], self.params.merge_dice)), None)
+            if target is None:
+                merged.append(o)
+            else:
+                target.absorb(o)
+                self.objects.remove(o)
+        return merged
+
+    def _sweep(self, order: list[int], live: list[TrackedObject], extend_only: bool) -> None:
+        """One pass over ``order``: follow live objects slice to slice, attach or seed point groups
+        (unless ``extend_only``), merge objects that meet."""
+        for i, t in enumerate(order):
+            if self.tick is not None:
+                self.tick(i, len(order))
+            previous_slice = order[i - 1] if i else None
+            for o in live:
+                if previous_slice is None or previous_slice not in o.masks or t in o.masks:
+                    continue
+                found = self.follow(t, o.masks[previous_slice], o.reference_area())
+                if found is None:
+                    o.active = False
+                else:
+                    o.masks[t], o.scores[t] = found
+            live[:] = [o for o in live if o.active or t in o.masks]
+            if not extend_only:
+                self._assign(t, live)
+            else:
+                everyone = [x for x in self.objects if t in x.masks]
+                for centre, n in self._groups(t):  # points met on the way back that it alone holds
+                    owner = self._owner(t, centre, everyone)
+                    if owner is not None and owner in live and owner.support.get(t, 0) == 0:
+                        owner.support[t] = n
+                others = [x for x in self.objects if x not in live and t in x.masks]
+                for o in list(live):
+                    for x in others:
+                        if x in self.objects and t in o.masks and same_region(x.masks[t], o.masks[t],
+                                                                              self.params.merge_dice):
+                            x.absorb(o)
+                            self.objects.remove(o)
+                            live.remove(o)
+                            break
+            live[:] = self._merge(t, live)
+            for o in live:
+                o.unsupported_run = 0 if o.support.get(t, 0) else o.unsupported_run + 1
+                if o.unsupported_run > o.max_gap(self.params):
+                    o.active = False
+            live[:] = [o for o in live if o.active]
+
+    def _link(self) -> None:
+        """Join objects where one ends and another starts a few slices later at the same place
+        (tracking lost the structure for a slice or two); the slices between take the nearer end's
+        mask, for SAM to re-decode."""
+        changed = True
+        while changed:
+            changed = False
+            for a in sorted(self.objects, key=lambda o: max(o.masks)):
+                end = max(a.masks)
+                for b in self.objects:
+                    if b is a or min(b.masks) <= end or min(b.masks) - end > self.params.link_gap_slices + 1:
+                        continue
+                    start = min(b.masks)
+                    ma, mb = a.masks[end], b.masks[start]
+                    distance = np.linalg.norm(_centroid(ma) - _centroid(mb))
+                    reach = 2.0 * max(_radius(ma), _radius(mb)) + (start - end)
+                    if distance > reach or not 0.4 < mb.sum() / max(ma.sum(), 1) < 2.5:
+                        continue
+                    for t in range(end + 1, start):
+                        a.masks[t] = ma if t - end <= start - t else mb
+                        a.scores[t] = 0.0
+                    a.absorb(b)
+                    self.objects.remove(b)
+                    changed = True
+                    break
+                if changed:
+                    break
+
+    def run(self, slices: list[int]) -> TrackingResult:
+        self.objects: list[TrackedObject] = []
+        order = sorted(slices)
+        self._sweep(order, [], extend_only=False)
+        # objects that start late are followed back towards the first slice
+        for o in sorted(self.objects, key=lambda x: -x.total_support):
+            if o not in self.objects or o.total_support < self.params.min_support_points:
+                continue
+            first = min(o.masks)
+            back = [t for t in reversed(order) if t <= first]
+            if len(back) > 1:
+                o.active, o.unsupported_run = True, 0
+                self._sweep(back, [o], extend_only=True)
+        self._link()
+        kept, reasons = select(self.objects, self.params)
+        return TrackingResult(self.objects, kept, reasons, self.decodes)
+
+
+def _contains(o: TrackedObject, target: TrackedObject, fraction: float = 0.5) -> bool:
+    """``o`` is a larger region around the target (a leak or a box-filling blob), not a part of it."""
+    shared = [t for t in o.masks if t in target.masks]
+    if not shared:
+        return False
+    inside = [np.logical_and(o.masks[t], target.masks[t]).sum() / max(target.masks[t].sum(), 1) for t in shared]
+    return float(np.median(inside)) >= fraction and float(np.median([o.masks[t].sum() for t in shared])) > \
+        1.5 * float(np.median([target.masks[t].sum() for t in shared]))
+
+
+def _centroid(mask: np.ndarray) -> np.ndarray:
+    return np.argwhere(mask).mean(0)
+
+
+def _radius(mask: np.ndarray) -> float:
+    return float(np.sqrt(mask.sum() / np.pi))
+
+
+def _is_excursion(o: TrackedObject, target: TrackedObject) -> bool:
+    """``o``'s points take over from the target's on a stretch that the target's points bracket on
+    both sides, and the target continues through the stretch: a drift, whatever its length."""
+    own = o.support_slices
+    if not own:
+        return False
+    a, b = own[0], own[-1]
+    target_support = target.support_slices
+    before = [t for t in target_support if t < a]
+    after = [t for t in target_support if t > b]
+    if not before or not after:
+        return False
+    inside = [t for t in target_support if a <= t <= b]
+    if len(inside) > 0.5 * len(own):
+        return False  # both supported on the same slices: a second crossing, not a drift
+    span = range(a, b + 1)
+    through = sum(t in target.masks for t in span) / len(span)
+    return through >= 0.6
+
+
+def select(objects: list[TrackedObject], params: TrackingParams) -> tuple[list[int], dict[int, str]]:
+    if not objects:
+        return [], {}
+    ranked = sorted(objects, key=lambda o: (-o.total_support, o.oid))
+    target = ranked[0]
+    kept, reasons = [target.oid], {target.oid: f"target: {target.total_support} points"}
+    if target.total_support == 0:
+        return [], {target.oid: "no points inside any object"}
+    floor = max(params.min_support_points, params.min_support_fraction * target.total_support)
+    for o in ranked[1:]:
+        if o.total_support < floor:
+            reasons[o.oid] = f"rejected: {o.total_support} points, fewer than {floor:.0f}"
+        elif _is_excursion(o, target):
+            reasons[o.oid] = f"rejected: a drift excursion from the target ({o.total_support} points)"
+        elif _contains(o, target) and o.total_support < 0.5 * target.total_support:
+            reasons[o.oid] = f"rejected: a larger region around the target ({o.total_support} points)"
+        else:
+            kept.append(o.oid)
+            reasons[o.oid] = f"kept: {o.total_support} points, another part of the target"
+    return kept, reasons
