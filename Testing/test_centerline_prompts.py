@@ -1,10 +1,9 @@
 import numpy as np
-
-from SPDSegmentLib.method.prompts import Centerline, prompt_extent, slice_prompts
-from SPDSegmentLib.evaluation.skeleton import centerline_from_label
-from SPDSegmentLib.volume import Volume
-
 from _helpers import oblique_flipped_geometry
+
+from SPDSegmentLib.evaluation.skeleton import centerline_from_label
+from SPDSegmentLib.method.prompts import Centerline, prompt_extent, slice_prompts
+from SPDSegmentLib.volume import Volume
 
 
 def _vol(m=None, shape=(20, 30, 40)):

@@ -4,13 +4,12 @@ import sys
 
 import numpy as np
 import SimpleITK as sitk
+from _helpers import crop_slices
 
-from SPDSegmentLib.method.prompts import Centerline
+from SPDSegmentLib.evaluation.metrics import dice
 from SPDSegmentLib.frontends.cli import main
 from SPDSegmentLib.io import read_segmentation, write_centerline, write_volume
-from SPDSegmentLib.evaluation.metrics import dice
-
-from _helpers import crop_slices
+from SPDSegmentLib.method.prompts import Centerline
 
 
 def test_segment_command_writes_a_slicer_segmentation_prompts_saliency_and_png(cta, cta_centerline, tmp_path, capsys):

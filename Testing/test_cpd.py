@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from SPDSegmentLib.method.prompts import PromptPoint
 from SPDSegmentLib.method.cpd import distill_slice
+from SPDSegmentLib.method.prompts import PromptPoint
 
 
 def _maps(n=5, shape=(20, 20)):

@@ -3,14 +3,20 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from _helpers import oblique_flipped_geometry
 
 from SPDSegmentLib.evaluation import sample_data
+from SPDSegmentLib.io import (
+    InputError,
+    read_label,
+    read_markups,
+    read_segmentation,
+    read_volume,
+    write_centerline,
+    write_segmentation,
+)
 from SPDSegmentLib.method.prompts import Centerline
-from SPDSegmentLib.io import (InputError, read_label, read_markups, read_segmentation, read_volume,
-                              write_centerline, write_segmentation)
 from SPDSegmentLib.volume import Volume
-
-from _helpers import oblique_flipped_geometry
 
 
 def _vol():

@@ -2,7 +2,7 @@ import numpy as np
 import SimpleITK as sitk
 from skimage.metrics import hausdorff_distance
 
-from SPDSegmentLib import metrics
+from SPDSegmentLib.evaluation import metrics
 
 
 def _pair():

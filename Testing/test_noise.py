@@ -1,8 +1,8 @@
 import numpy as np
 
-from SPDSegmentLib.method.prompts import slice_prompts
 from SPDSegmentLib.evaluation.noise import SEVERITIES, simulate, with_params
 from SPDSegmentLib.evaluation.skeleton import centerline_from_label, resample_polyline
+from SPDSegmentLib.method.prompts import slice_prompts
 
 
 def _inside(volume, label, ras):

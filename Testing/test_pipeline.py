@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from SPDSegmentLib.method.prompts import Centerline, slice_prompts
 from SPDSegmentLib.evaluation.metrics import dice
 from SPDSegmentLib.method.pipeline import Cancelled, SegmentParams, segment
+from SPDSegmentLib.method.prompts import Centerline, slice_prompts
 from SPDSegmentLib.method.saliency import AppearanceTrackPrior, SamVotePrior
 
 PARAMS = dict(intensity_preset="ct-angio")

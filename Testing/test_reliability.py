@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import stat
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from _helpers import crop_slices, oblique_flipped_geometry
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from _helpers import crop_slices, oblique_flipped_geometry
 from SPDSegmentLib.frontends.cli import main
 from SPDSegmentLib.io import InputError, markups_document, read_markups, write_markups, write_volume
 from SPDSegmentLib.method.prompts import Centerline, slice_prompts

@@ -2,8 +2,14 @@ import numpy as np
 import pytest
 
 from SPDSegmentLib.method.prompts import PromptPoint
-from SPDSegmentLib.method.saliency import (AppearanceTrackPrior, PriorFileError, PriorInputs, TrainedSaliencyPrior,
-                                    build_saliency_head, load_prior)
+from SPDSegmentLib.method.saliency import (
+    AppearanceTrackPrior,
+    PriorFileError,
+    PriorInputs,
+    TrainedSaliencyPrior,
+    build_saliency_head,
+    load_prior,
+)
 from SPDSegmentLib.volume import Volume
 
 

@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
-from skimage.measure import label as connected, regionprops
+from skimage.measure import label as connected
+from skimage.measure import regionprops
 
-from SPDSegmentLib.method.windowing import volume_window
 from SPDSegmentLib.evaluation.metrics import dice
+from SPDSegmentLib.method.windowing import volume_window
 from SPDSegmentLib.sam.backend import CheckpointError, load_backend
 
 

@@ -5,12 +5,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from _helpers import crop_slices
+
 from SPDSegmentLib.evaluation.cases import build_sample_cases, find_cases
-from SPDSegmentLib.training.decoder import load_decoder, train_decoder
 from SPDSegmentLib.method.saliency import TrainedSaliencyPrior, load_prior, shipped_priors
 from SPDSegmentLib.sam.backend import CheckpointError
+from SPDSegmentLib.training.decoder import load_decoder, train_decoder
 from SPDSegmentLib.training.prior import TrainConfig, psc_loss, select_cases, train_prior
 
 
@@ -131,8 +131,8 @@ def _mini_case(source, out, slices: int = 3):
 
 
 def test_lora_prior_training_adapts_a_copy_and_round_trips(aorta_cases, backend, tmp_path):
-    from SPDSegmentLib.method.windowing import volume_window
     from SPDSegmentLib.io import read_volume
+    from SPDSegmentLib.method.windowing import volume_window
 
     _mini_case(aorta_cases / "abdomen_mr_aorta", tmp_path / "cases" / "mr")
     _mini_case(aorta_cases / "abdomen_ct_aorta", tmp_path / "cases" / "ct")

@@ -1,10 +1,9 @@
 import numpy as np
 import SimpleITK as sitk
+from _helpers import oblique_flipped_geometry
 
 from SPDSegmentLib.io import read_volume, write_volume
 from SPDSegmentLib.volume import Volume
-
-from _helpers import oblique_flipped_geometry
 
 
 def test_ras_ijk_round_trip_is_exact_on_oblique_flipped_anisotropic_geometry():

@@ -1,37 +1,34 @@
-"""Batch use of the SPDSegment Logic in plain Python with the slicer-core wheel (no Slicer GUI).
+"""Batch use of SPDSegment's MRML logic in plain Python, on the slicer-core wheel (no Slicer application).
 
-    .venv/bin/python examples/batch_slicer_core.py [--out aorta.seg.nrrd]
+    .venv/bin/python examples/batch_slicer_core.py [--out output/batch/aorta.seg.nrrd]
 
-The lines after "Same code as in Slicer's Python console" are what a user types in Slicer.
-Loads the CTA sample (after `python -m SPDSegmentLib fetch-data`) as MRML nodes, makes a markups
-curve from the aorta label's skeleton (a stand-in for a radiologist's clicks), runs the Logic and
-saves the segmentation through a storage node.
+The lines after "Same code as in Slicer's Python console" are what a user types in Slicer (there,
+``import SPDSegment; logic = SPDSegment.SPDSegmentLogic()`` gives the same logic). Loads the CTA sample
+(after ``spdsegment fetch-data``) as MRML nodes, makes a markups curve from the aorta label's skeleton
+(a stand-in for a radiologist's clicks), runs the logic and saves the segmentation through a storage node.
 """
 import argparse
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "SPDSegment" / "Testing" / "Python"), str(REPO / "SPDSegment"), str(REPO)]
+from SPDSegmentLib.frontends.mrml_headless import boot_headless_slicer
 
-import slicer_headless  # noqa: E402  (boots slicer-core: real MRML and module logics)
-
-slicer_headless.boot()
+boot_headless_slicer()  # in Slicer the application has done this
 import slicer  # noqa: E402
 
 from SPDSegmentLib.evaluation import sample_data  # noqa: E402
-from SPDSegmentLib.io import read_label  # noqa: E402
 from SPDSegmentLib.evaluation.skeleton import centerline_from_label  # noqa: E402
+from SPDSegmentLib.frontends.mrml_logic import SPDSegmentMRMLLogic  # noqa: E402
+from SPDSegmentLib.io import read_label  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("output/batch/aorta.seg.nrrd"))
     args = ap.parse_args()
-    volume_id = slicer.modules.volumes.logic().AddArchetypeVolume(str(sample_data.path("cta/image.nii.gz")), "CTA")
-    volumeNode = volume_id if not isinstance(volume_id, str) else slicer.mrmlScene.GetNodeByID(volume_id)
+    loaded = slicer.modules.volumes.logic().AddArchetypeVolume(str(sample_data.path("cta/image.nii.gz")), "CTA")
+    volume_node = slicer.mrmlScene.GetNodeByID(loaded) if isinstance(loaded, str) else loaded
     # a curve along the aorta from 30 to 60 mm above the lowest slice
-    engine_volume = __import__("SPDSegmentLib.frontends.mrml_logic", fromlist=["x"]).SPDSegmentLogic.volumeFromNode(volumeNode)
+    engine_volume = SPDSegmentMRMLLogic.volumeFromNode(volume_node)
     label = read_label(sample_data.path("cta/aorta.nii.gz"), engine_volume)
     points = centerline_from_label(engine_volume, label).points_ras
     src = engine_volume.ras_to_src(points)
@@ -39,11 +36,10 @@ def main() -> None:
     slicer.util.updateMarkupsControlPointsFromArray(curve, points[(src[:, 0] > 20) & (src[:, 0] < 40)][::4])
 
     # Same code as in Slicer's Python console:
-    import SPDSegment
-    logic = SPDSegment.SPDSegmentLogic()
+    logic = SPDSegmentMRMLLogic()
     out = logic.process(slicer.util.getNode("CTA"), slicer.util.getNode("AortaCurve"), None, "aorta",
                         intensityPreset="ct-angio", progress=lambda f, m: print(f"{100 * f:5.1f}% {m}", end="\r"))
-    print("\n", out.summary["counts"])
+    print("\n", out.summary["counts"], out.warnings)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     storage = out.segmentationNode.CreateDefaultStorageNode()

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import sample_data
 from ..io import InputError, read_label, read_volume, resample_like, write_volume
+from . import sample_data
 
 IMAGE_NAMES = ("image.nii.gz", "image.nrrd", "image.mha", "image.nii", "image")
 LABEL_NAMES = ("label.nii.gz", "label.nrrd", "label.seg.nrrd", "label.nii", "label.mha")

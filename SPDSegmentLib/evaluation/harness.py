@@ -30,14 +30,14 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .cases import Case, find_cases
-from ..method.prompts import Centerline, slice_prompts
-from ..method.windowing import volume_window
 from ..io import read_label, read_markups, read_volume
+from ..method.pipeline import NothingToSegment, SegmentParams, segment
+from ..method.prompts import Centerline, slice_prompts
+from ..method.saliency import load_prior
+from ..method.windowing import volume_window
+from .cases import Case, find_cases
 from .metrics import evaluate
 from .noise import SEVERITIES, simulate
-from ..method.pipeline import NothingToSegment, SegmentParams, segment
-from ..method.saliency import load_prior
 from .skeleton import centerline_from_label
 
 METHODS = ("raw", "random", "box", "local", "spd-votes", "spd-continuity", "spd-propagation", "spd", "spd+psc",

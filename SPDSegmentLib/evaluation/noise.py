@@ -23,8 +23,8 @@ import numpy as np
 from scipy import ndimage
 
 from ..method.prompts import Centerline
-from .skeleton import resample_polyline
 from ..volume import Volume
+from .skeleton import resample_polyline
 
 
 @dataclass(frozen=True)

@@ -68,12 +68,17 @@ def _figures(rows, out: Path, severities) -> list[str]:
 
 
 PANEL_METHODS = ("raw", "spd-votes", "spd", "oracle-prior", "label-box")  # columns of the overlay panels
-ABLATION = ("raw", "local", "spd-votes", "spd-continuity", "spd-propagation", "spd")
-ABLATION_STEP = {"raw": "raw prompts, same frozen SAM and rendering", "local": "+ CPD local validation",
-                 "spd-votes": "+ cross-slice CPD (window-voting prior: the previous release)",
-                 "spd-continuity": "+ 3-D continuity prior (sam-track, fixed seed boxes)",
-                 "spd-propagation": "+ propagation into slices without trusted points",
-                 "spd": "+ extent from the image (gated seed sizes, growth): SPD"}
+ABLATION_BLOCKS = (
+    ("The prior: from the previous release's SPD to this one (CPD unchanged)",
+     (("spd-votes", "SPD with the window-voting prior (`sam-votes`): the previous release"),
+      ("spd-continuity", "+ 3-D continuity: the `sam-track` prior, fixed seed box sizes"),
+      ("spd-propagation", "+ propagation into slices without trusted points"),
+      ("spd", "+ extent from the image (gated seed sizes): SPD"))),
+    ("The distillation, with this release's prior (everything else equal)",
+     (("raw", "all raw points (boxes sized by the same prior's regions)"),
+      ("local", "+ CPD local validation"),
+      ("spd", "+ cross-slice borrowing and propagation: SPD"))),
+)
 UPPER_BOUNDS = ("oracle-prior", "label-box")
 DEVELOPMENT_NOTE = (
     "Development split: the thresholds of the continuity step (`SPDSegmentLib/method/continuity.py`) were "
@@ -114,29 +119,33 @@ def _mean(rows, method, severity, cases=None) -> float:
 
 
 def ablation_lines(rows: list[dict], severities, groups: dict[str, str]) -> list[str]:
-    methods = [m for m in ABLATION if any(r["method"] == m for r in rows)]
-    bounds = [m for m in UPPER_BOUNDS if any(r["method"] == m for r in rows)]
-    if len(methods) < 2:
-        return []
+    present = {r["method"] for r in rows}
+    bounds = [m for m in UPPER_BOUNDS if m in present]
     sets = {"all": None, **{g: {c for c, gg in groups.items() if gg == g} for g in sorted(set(groups.values()))}}
+    columns = [(sev, name) for sev in severities for name in sets]
     lines = ["## Ablation: what each step adds (mean DSC)", "",
-             "Each row adds one step to the row above, everything else equal (the paper's table goes "
-             "62.5 → 67.0 → 70.3 → 73.6 the same way). Upper bounds below the line use the label.", ""]
-    header = "| step | method | " + " | ".join(f"{sev} ({name})" for sev in severities for name in sets) + " |"
-    lines += [header, "|---|---|" + "---|" * (len(severities) * len(sets))]
-    for m in methods + bounds:
-        label = ABLATION_STEP.get(m, "upper bound: " + ("the label as saliency" if m == "oracle-prior" else
-                                                        "a box around the label"))
-        cells = [f"{_mean(rows, m, sev, cases):.3f}" for sev in severities for cases in sets.values()]
-        if m in bounds:
-            cells = [f"*{c}*" for c in cells]
-        lines.append(f"| {label} | `{m}` | " + " | ".join(cells) + " |")
-    if "oracle-prior" in bounds and "spd-votes" in methods and "spd" in methods:
-        lines += ["", "Share of the gap between the previous release's SPD (`spd-votes`) and `oracle-prior` that "
-                  "SPD closes: " + "; ".join(
+             "Each row adds one step to the row above, everything else equal, the way the paper's table goes "
+             "62.5 → 67.0 → 70.3 → 73.6. The upper bounds use the label.", ""]
+    for title, steps in ABLATION_BLOCKS:
+        steps = [(m, label) for m, label in steps if m in present]
+        if len(steps) < 2:
+            continue
+        lines += [f"**{title}**", "", "| step | method | " + " | ".join(f"{sev} ({name})" for sev, name in columns)
+                  + " |", "|---|---|" + "---|" * len(columns)]
+        for m, label in steps:
+            lines.append(f"| {label} | `{m}` | " + " | ".join(f"{_mean(rows, m, sev, sets[name]):.3f}"
+                                                           for sev, name in columns) + " |")
+        for m in bounds:
+            label = "upper bound: the label as the saliency map" if m == "oracle-prior" else "upper bound: a box around the label"
+            lines.append(f"| *{label}* | `{m}` | " + " | ".join(f"*{_mean(rows, m, sev, sets[name]):.3f}*"
+                                                               for sev, name in columns) + " |")
+        lines.append("")
+    if {"oracle-prior", "spd-votes", "spd"} <= present:
+        lines += ["Share of the gap between the previous release's SPD (`spd-votes`) and `oracle-prior` that SPD "
+                  "closes (all cases): " + "; ".join(
                       f"{sev}: {100 * (_mean(rows, 'spd', sev) - _mean(rows, 'spd-votes', sev)) / max(_mean(rows, 'oracle-prior', sev) - _mean(rows, 'spd-votes', sev), 1e-9):.0f}%"
-                      for sev in severities) + " (all cases)."]
-    return lines + [""]
+                      for sev in severities) + ".", ""]
+    return lines
 
 
 def loss_lines(rows: list[dict], severities) -> list[str]:
@@ -160,8 +169,8 @@ def prior_quality_lines(rows: list[dict], severity: str) -> list[str]:
         return []
     lines = [f"## Prior quality per case ({severity})", "",
              "How well each prior finds the label on the processed slices: Dice of S > τ, and the ROC AUC of S "
-             "as a voxel score. A binary map (sam-track) has an AUC near its Dice; a soft one (sam-votes) ranks better "
-             "than it thresholds.", "",
+             "as a voxel score (sam-track's map is binary, so its AUC is the mean of its sensitivity and "
+             "specificity).", "",
              "| case | " + " | ".join(f"{m}: prior Dice / AUC | {m}: DSC" for m in methods) + " |",
              "|---|" + "---|---|" * len(methods)]
     by = defaultdict(dict)

@@ -208,6 +208,17 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lambda-psc", type=float, default=0.5, help="weight of the pairwise slice consistency loss")
     _add_training_options(p)
 
+    p = sub.add_parser("serve", help="browser app (trame-slicer): view, place a centerline, run SPD, edit, save",
+                       description="Serves the browser app on 127.0.0.1:8080; each browser tab gets its own scene. "
+                                   "Reads and writes only inside --data; with no volume there, opens the sample CTA. "
+                                   "Needs the 'web' extra: pip install 'spdsegment[web]'.")
+    try:
+        from .web.app import build_parser as add_serve_options
+
+        add_serve_options(p)
+    except ImportError as exc:  # the web extra is not installed: the command says so when used
+        p.set_defaults(web_missing=str(exc))
+
     p = sub.add_parser("fetch-data", help="set-up step: fetch the real sample data through pip (once)",
                        description="Downloads the TotalSegmentator 2.18.0 source distribution with pip, "
                                    "verifies its sha256 and extracts the test volumes and labels into the cache "
@@ -260,12 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    from ..evaluation.sample_data import SampleDataMissing
     from ..io import InputError
     from ..method.pipeline import Cancelled, NothingToSegment
-    from ..sam.onnx_runtime import OnnxUnavailable
-    from ..sam.backend import CheckpointError
     from ..method.saliency import PriorFileError
-    from ..evaluation.sample_data import SampleDataMissing
+    from ..sam.backend import CheckpointError
+    from ..sam.onnx_runtime import OnnxUnavailable
 
     try:
         if args.command == "segment":
@@ -274,6 +285,13 @@ def main(argv: list[str] | None = None) -> int:
             from .demo import run_demo
 
             return run_demo(args)
+        if args.command == "serve":
+            if getattr(args, "web_missing", None):
+                raise ValueError(f"the browser app needs the 'web' extra (pip install 'spdsegment[web]'): "
+                                 f"{args.web_missing}")
+            from .web.app import serve_from_args
+
+            return serve_from_args(args)
         if args.command == "segment-batch":
             from .batch import EngineOptions, run_batch
 
@@ -306,8 +324,8 @@ def main(argv: list[str] | None = None) -> int:
             run_evaluation(args.cases, args.out, backend, config)
             return 0
         if args.command == "train-prior":
-            from ..sam.embedding_cache import EmbeddingCache
             from ..sam.backend import load_backend
+            from ..sam.embedding_cache import EmbeddingCache
             from ..training.prior import TrainConfig, train_prior, write_summary
 
             backend = load_backend(args.backend, args.checkpoint, args.device, EmbeddingCache(folder=args.cache_dir))
@@ -320,10 +338,10 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(summary, indent=2, default=float))
             return 0
         if args.command == "train-decoder":
-            from ..training.decoder import train_decoder
-            from ..sam.embedding_cache import EmbeddingCache
             from ..method.saliency import load_prior
             from ..sam.backend import load_backend
+            from ..sam.embedding_cache import EmbeddingCache
+            from ..training.decoder import train_decoder
 
             backend = load_backend(args.backend, args.checkpoint, args.device, EmbeddingCache(folder=args.cache_dir))
             summary = train_decoder(args.cases, args.out, backend, load_prior(args.prior, backend),

@@ -23,9 +23,9 @@ class TqdmProgress:
 
 def backend_and_prior(args):
     """The SAM backend (with an optional fine-tuned decoder) and the prior named by the engine options."""
-    from ..sam.embedding_cache import EmbeddingCache
     from ..method.saliency import load_prior
     from ..sam.backend import load_backend
+    from ..sam.embedding_cache import EmbeddingCache
 
     cache = EmbeddingCache(folder=args.cache_dir) if args.cache_dir else None
     backend = load_backend(args.backend, args.checkpoint, args.device, cache, runtime=getattr(args, "runtime", "auto"))

@@ -6,17 +6,15 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
 from ..evaluation import sample_data
 from ..evaluation.figures import overlay_png
-from ..io import read_label, read_volume, write_centerline, write_markups, write_segmentation
 from ..evaluation.metrics import evaluate
 from ..evaluation.noise import simulate
-from .outputs import audit_markups
+from ..evaluation.skeleton import centerline_from_label
+from ..io import read_label, read_volume, write_centerline, write_markups, write_segmentation
 from ..method.pipeline import SegmentParams, segment
 from .cli_common import TqdmProgress, backend_and_prior
-from ..evaluation.skeleton import centerline_from_label
+from .outputs import audit_markups
 
 
 def run_demo(args) -> int:

@@ -149,6 +149,26 @@ class SPDSegmentMRMLLogic:
             raise SPDInputError(f"segmentation '{segmentationNode.GetName()}' is under a transform; "
                                 "harden it or choose another output")
 
+    def validateInputs(self, volumeNode, centerlineNode, segmentationNode=None, segmentName: str = "SPD",
+                       method: str = "spd", tau: float | None = None, context: int = 2,
+                       intensityPreset: str = "auto", maskNonFinite: bool = False):
+        """Every check that needs no model (numpy and scipy only), so a front end can refuse bad
+        inputs before offering to install or load anything. Returns the engine inputs."""
+        from SPDSegmentLib.method.checks import InputRefused, preflight
+        from SPDSegmentLib.method.pipeline import SegmentParams
+
+        volume = self.volumeFromNode(volumeNode)
+        centerline = self.centerlineFromNode(centerlineNode)
+        self.checkOutputNode(segmentationNode)
+        if not segmentName or not segmentName.strip():
+            raise SPDInputError("give the new segment a name")
+        params = SegmentParams(method=method, tau=tau, context=context, intensity_preset=intensityPreset)
+        try:
+            params.validate()
+            return volume, centerline, preflight(volume, centerline, params, mask_nonfinite=maskNonFinite)
+        except (InputRefused, ValueError) as exc:
+            raise SPDInputError(str(exc)) from exc
+
     def process(self, volumeNode, centerlineNode, segmentationNode=None, segmentName: str = "SPD",
                 method: str = "spd", backend: str = "litemedsam", checkpoint: str | None = None,
                 decoder: str | None = None, prior: str | None = None, tau: float | None = None,
@@ -210,7 +230,7 @@ class SPDSegmentMRMLLogic:
         segmentId = segmentation.AddEmptySegment("", name)
         if not segmentId:
             raise RuntimeError("could not add a segment (segmentation converters not registered?)")
-        slicer.util.updateSegmentBinaryLabelmapFromArray(result.mask, segmentationNode, segmentId, volumeNode)
+        self._setSegmentArray(result.mask, segmentationNode, segmentId, volumeNode)
         segment = segmentation.GetSegment(segmentId)
         segment.SetTag("SPDSegment.parameters", str(result.summary()["params"]))
         saliencyNode = None
@@ -229,13 +249,40 @@ class SPDSegmentMRMLLogic:
         segment = node.GetSegmentation().GetSegment(output.segmentId)
         return segment is not None and bool(segment.HasTag("SPDSegment.parameters"))
 
+    def _setSegmentArray(self, array, segmentationNode, segmentId, volumeNode) -> None:
+        """Write a ``[k, j, i]`` mask into a segment through a temporary labelmap in *this* scene
+        (``slicer.util.updateSegmentBinaryLabelmapFromArray`` uses the global scene and leaves the
+        temporary labelmap's display node behind, one per call), then remove it with its helpers."""
+        labelmap = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__SPDSegment_temporary__")
+        try:
+            m = vtk.vtkMatrix4x4()
+            volumeNode.GetIJKToRASMatrix(m)
+            labelmap.SetIJKToRASMatrix(m)
+            slicer.util.updateVolumeFromArray(labelmap, (np.asarray(array) > 0).astype(np.uint8))
+            ids = vtk.vtkStringArray()
+            ids.InsertNextValue(segmentId)
+            if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentationNode,
+                                                                                             ids):
+                raise RuntimeError(f"could not write segment {segmentId!r} (segmentation converters not registered?)")
+        finally:
+            self._removeWithDisplays(labelmap)
+
+    def _removeWithDisplays(self, node) -> None:
+        """Remove a node and the display and storage nodes that only it uses (MRML leaves them)."""
+        helpers = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+        helpers += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
+        self.scene.RemoveNode(node)
+        for helper in helpers:
+            if helper is not None and self.scene.GetNodeByID(helper.GetID()) is helper:
+                self.scene.RemoveNode(helper)
+
     def _updateResults(self, result, volumeNode, previous: ProcessOutput, showPrompts: bool) -> ProcessOutput:
         node, segmentId = previous.segmentationNode, previous.segmentId
-        slicer.util.updateSegmentBinaryLabelmapFromArray(result.mask, node, segmentId, volumeNode)
+        self._setSegmentArray(result.mask, node, segmentId, volumeNode)
         node.GetSegmentation().GetSegment(segmentId).SetTag("SPDSegment.parameters", str(result.summary()["params"]))
         for old in previous.promptNodes.values():
             if self.scene.GetNodeByID(old.GetID()) is old:
-                self.scene.RemoveNode(old)
+                self._removeWithDisplays(old)
         name = node.GetSegmentation().GetSegment(segmentId).GetName()
         promptNodes = self._addPromptNodes(result, name) if showPrompts else {}
         if previous.saliencyNode is not None and self.scene.GetNodeByID(previous.saliencyNode.GetID()):

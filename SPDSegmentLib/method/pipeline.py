@@ -15,13 +15,13 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
-from .prompts import Centerline, SlicePrompts, prompt_extent, slice_prompts
-from .cpd import FALLBACKS, MODES, SliceDecision, distill
-from .windowing import volume_window
+from ..volume import Volume
 from .checks import Preflight, preflight
+from .cpd import FALLBACKS, MODES, SliceDecision, distill
+from .prompts import Centerline, SlicePrompts, prompt_extent, slice_prompts
 from .rendering import RenderedPrompt, region_prompts, render, structure_radius_px
 from .saliency import PriorInputs, SaliencyPrior
-from ..volume import Volume
+from .windowing import volume_window
 
 log = logging.getLogger(__name__)
 
@@ -196,12 +196,14 @@ def segment(volume: Volume, centerline: Centerline, backend, prior: SaliencyPrio
         to_encode = []
     needs_embeddings = bool(to_encode)
     if needs_embeddings:
-        for i, t in enumerate(to_encode):
+        def encode_tick(done: int, total: int) -> None:
             _check_cancel(cancel)
-            report(0.5 * i / len(to_encode), f"encoding slice {t} ({i + 1}/{len(to_encode)})")
-            t1 = time.perf_counter()
-            backend.embed(slices_u8[t])
-            timings["encode"] += time.perf_counter() - t1
+            report(0.5 * done / max(total, 1), f"encoding slices ({done}/{total})")
+
+        _check_cancel(cancel)
+        t1 = time.perf_counter()
+        backend.embed_many([slices_u8[t] for t in to_encode], progress=encode_tick)
+        timings["encode"] += time.perf_counter() - t1
 
     stage = (0.5, 0.75) if needs_embeddings else (0.0, 0.25)
 

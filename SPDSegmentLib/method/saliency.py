@@ -39,8 +39,8 @@ from typing import Protocol
 import numpy as np
 from scipy import ndimage
 
-from .prompts import SlicePrompts
 from ..volume import Volume
+from .prompts import SlicePrompts
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,6 +182,39 @@ class SamBackend:
         self.encode_calls += 1
         self.cache.put(key, emb)
         return emb
+
+    def embed_many(self, slices_u8: list[np.ndarray], batch_size: int = 8,
+                   progress=None) -> list[SliceEmbedding]:
+        """Embeddings of several slices. On CUDA the misses are encoded in batches under fp16
+        autocast (``SPDSEGMENT_AUTOCAST=bf16`` or ``off`` to change it); on the CPU one by one (a batch
+        measured slower there). ``progress(done, total)`` after each slice or batch."""
+        import torch
+
+        keys = [self.cache.key(self.identity, s) for s in slices_u8]
+        out: list[SliceEmbedding | None] = [self.cache.get(k) for k in keys]
+        missing = [i for i, e in enumerate(out) if e is None]
+        if self.device == "cpu" or self._onnx_encoder is not None:
+            for done, i in enumerate(missing):
+                out[i] = self.embed(slices_u8[i])
+                if progress:
+                    progress(done + 1, len(missing))
+            return out  # type: ignore[return-value]
+        mode = os.environ.get("SPDSEGMENT_AUTOCAST", "fp16")
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mode)
+        for start in range(0, len(missing), batch_size):
+            chunk = missing[start:start + batch_size]
+            inputs = [self.encoder_input(slices_u8[i]) for i in chunk]
+            x = torch.cat([inp[0] for inp in inputs])
+            with torch.no_grad(), torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+                features = self.sam.image_encoder(x).float().cpu()
+            for j, i in enumerate(chunk):
+                emb = SliceEmbedding(features[j:j + 1].clone(), inputs[j][1], inputs[j][2])
+                self.cache.put(keys[i], emb)
+                self.encode_calls += 1
+                out[i] = emb
+            if progress:
+                progress(min(start + batch_size, len(missing)), len(missing))
+        return out  # type: ignore[return-value]
 
     def encoder_input(self, slice_u8: np.ndarray):
         """The encoder's input tensor for one slice (resized, padded, normalised exactly as

@@ -125,8 +125,8 @@ class OnnxImageEncoder:
                 return session
             log.warning("cached ONNX encoder %s differs from torch by %.2g; exporting it again", self.path, error)
             self.path.unlink(missing_ok=True)
-        raise OnnxUnavailable(f"the SAM encoder exported to ONNX does not reproduce torch (see the log); use "
-                              f"--runtime torch")
+        raise OnnxUnavailable("the SAM encoder exported to ONNX does not reproduce torch (see the log); use "
+                              "--runtime torch")
 
     def _write_note(self, error: float) -> None:
         import onnxruntime

@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from ..evaluation.cases import find_cases
-from ..method.prompts import slice_prompts
-from ..method.cpd import distill
-from ..method.windowing import volume_window
-from ..io import read_label, read_volume
 from ..evaluation.metrics import dice
 from ..evaluation.noise import simulate
-from ..method.saliency import PriorInputs
 from ..evaluation.skeleton import centerline_from_label
+from ..io import read_label, read_volume
+from ..method.cpd import distill
+from ..method.prompts import slice_prompts
+from ..method.saliency import PriorInputs
+from ..method.windowing import volume_window
 from .prior import dice_loss, focal_loss, psc_loss, select_cases
 
 DECODER_FORMAT = "spdsegment-mask-decoder"
@@ -148,8 +148,8 @@ def train_decoder(cases_dir, out, backend, prior, val_cases: tuple[str, ...] = (
 
 def load_decoder(backend, path) -> dict:
     """Load a fine-tuned mask decoder into ``backend`` (same SAM checkpoint only); point prompts on."""
-    from ..sam.model_files import read_model_file
     from ..sam.backend import CheckpointError
+    from ..sam.model_files import read_model_file
 
     meta, data = read_model_file(path, DECODER_FORMAT, "decoder", CheckpointError)
     if meta["checkpoint_sha256"] != backend.checkpoint_sha256:

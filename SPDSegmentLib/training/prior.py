@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from ..evaluation.cases import Case, find_cases
-from ..method.windowing import volume_window
-from ..io import read_label, read_volume
 from ..evaluation.metrics import dice
+from ..io import read_label, read_volume
 from ..method.saliency import TrainedSaliencyPrior, build_saliency_head, head_logits_to_slice
+from ..method.windowing import volume_window
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,6 @@
 """The Logic on real MRML (slicer-core), the real engine and the real LiteMedSAM."""
 import ast
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +9,12 @@ import slicer
 import vtk
 
 import SPDSegment
-from SPDSegmentLib.frontends.mrml_logic import SPDInputError
 from SPDSegmentLib.evaluation import sample_data  # noqa: F401  (fixtures read the fetched CTA)
-from SPDSegmentLib.method.prompts import Centerline
-from SPDSegmentLib.io import read_label, read_markups, read_segmentation, read_volume, write_centerline
 from SPDSegmentLib.evaluation.metrics import dice
 from SPDSegmentLib.evaluation.skeleton import centerline_from_label
+from SPDSegmentLib.frontends.mrml_logic import SPDInputError
+from SPDSegmentLib.io import read_label, read_markups, read_segmentation, read_volume, write_centerline
+from SPDSegmentLib.method.prompts import Centerline
 
 K0, K1 = 40, 50
 MODULE_DIR = Path(SPDSegment.__file__).resolve().parent
@@ -207,7 +205,6 @@ def test_cmake_lists_every_engine_file_and_metadata_agrees():
 def test_parameter_node_choices_match_the_engine():
     """The module file may not import the engine at file scope, so its Choice lists are literals:
     they must list exactly what the engine accepts."""
-    import ast
 
     from SPDSegmentLib.method.cpd import MODES
     from SPDSegmentLib.method.windowing import PRESETS

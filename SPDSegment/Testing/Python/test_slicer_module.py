@@ -12,7 +12,6 @@ from typing import Annotated, Optional, Union
 import numpy as np
 import pytest
 import slicer
-
 import slicer_headless
 from slicer_headless import DIALOGS, Choice, WithinRange, load_scripted_modules, load_ui, parameterNodeWrapper
 
@@ -256,7 +255,8 @@ def test_a_failure_shows_an_error_dialog_and_changes_nothing():
     with pytest.raises(Exception, match="lies inside the volume"):
         widget.ui.applyButton.click()  # tryWithErrorDisplay shows the error, then re-raises (as in Slicer)
     errors = [d for d in DIALOGS if d[0] == "error"]
-    assert len(errors) == 1 and "same space" in errors[0][1]
+    assert len(errors) == 1 and "same space" in errors[0][1] and "cannot use these inputs" in errors[0][1]
+    assert not [d for d in DIALOGS if d[0] == "confirm"], "bad inputs are refused before any install is offered"
     assert _scene_state() == before
     assert widget.ui.applyButton.text == "Apply" and slicer.app.cursor_depth == 0
 
@@ -459,3 +459,41 @@ def test_the_self_test_says_what_it_skipped_without_dependencies(monkeypatch):
     SPDSegment.SPDSegmentTest("runTest").runTest()
     messages = [text for kind, text in DIALOGS if kind == "delay"]
     assert any("SKIPPED the full segmentation (missing Python packages: segment_anything)" in t for t in messages)
+
+
+def test_update_on_edit_reruns_into_the_same_segment_and_leaves_other_segments_alone():
+    widget = _widget()
+    volume, curve, truth = _tube_scene()
+    p = widget._parameterNode
+    p.inputVolume, p.centerline, p.intensityPreset, p.device = volume, curve, "ct-angio", "cpu"
+    mine = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "mine")
+    mine.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    own = mine.GetSegmentation().AddEmptySegment("", "my edit")
+    edit = np.zeros(truth.shape, np.uint8)
+    edit[1:3, 5:15, 5:15] = 1
+    slicer.util.updateSegmentBinaryLabelmapFromArray(edit, mine, own, volume)
+    p.outputSegmentation = mine
+    widget._checkCanApply()
+    widget.ui.applyButton.click()
+    first = widget._lastOutput
+    assert first is not None and first.segmentationNode is mine
+    segments = mine.GetSegmentation().GetNumberOfSegments()
+    before = slicer.util.arrayFromSegmentBinaryLabelmap(mine, first.segmentId, volume).copy()
+    import SPDSegment
+
+    centres = SPDSegment.SPDSegmentTest._syntheticTube()[3]
+    curve.AddControlPoint(*centres[23])  # the user clicks one more point, further along the vessel
+    assert widget._lastOutput is first, "with the option off an edit runs nothing"
+    nodes = slicer.mrmlScene.GetNumberOfNodes()
+    p.updateOnEdit = True
+    curve.InvokeEvent(slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent)  # the end of a drag
+    second = widget._lastOutput
+    assert second is not first and second.segmentId == first.segmentId, "the same segment is updated"
+    assert mine.GetSegmentation().GetNumberOfSegments() == segments, "no new segment per edit"
+    lists = slicer.util.getNodesByClass("vtkMRMLMarkupsFiducialNode")
+    assert sorted(n.GetName() for n in lists) == sorted(n.GetName() for n in second.promptNodes.values()), \
+        "the prompt lists are replaced, not added"
+    assert slicer.mrmlScene.GetNumberOfNodes() - nodes == 2 * (len(second.promptNodes) - len(first.promptNodes))
+    after = slicer.util.arrayFromSegmentBinaryLabelmap(mine, first.segmentId, volume)
+    assert not np.array_equal(before, after), "the moved point changed the result"
+    np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(mine, own, volume), edit)

@@ -1,0 +1,110 @@
+"""The fast paths give the same results as the plain ones: the ONNX Runtime encoder, the decode cache
+behind re-runs after an edit, and segment-batch on Dask (timings are printed by benchmarks/, never
+asserted here)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from _helpers import crop_slices
+
+from SPDSegmentLib.evaluation.noise import simulate
+from SPDSegmentLib.io import write_centerline, write_volume
+from SPDSegmentLib.method.pipeline import SegmentParams, segment
+from SPDSegmentLib.method.prompts import Centerline
+from SPDSegmentLib.method.saliency import load_prior
+from SPDSegmentLib.method.windowing import volume_window
+from SPDSegmentLib.sam.backend import load_backend
+
+
+@pytest.fixture(scope="module")
+def torch_and_onnx():
+    return load_backend("litemedsam", device="cpu", runtime="torch"), load_backend("litemedsam", device="cpu",
+                                                                                     runtime="onnx")
+
+
+def test_onnx_encoder_matches_torch_embedding_and_masks(cta, torch_and_onnx):
+    volume, label = cta
+    torch_backend, onnx_backend = torch_and_onnx
+    assert torch_backend.runtime == "torch" and onnx_backend.runtime == "onnx"
+    slice_u8 = volume_window(volume, "ct-angio").apply(volume.slices()[70])
+    a, b = torch_backend.embed(slice_u8), onnx_backend.embed(slice_u8)
+    assert float((a.features - b.features).abs().max()) < 1e-4
+    rows, cols = np.nonzero(volume.with_array(label).slices()[70])
+    box = (rows.min() - 5.0, cols.min() - 5.0, rows.max() + 5.0, cols.max() + 5.0)
+    assert np.array_equal(torch_backend.decode(a, None, box).mask, onnx_backend.decode(b, None, box).mask)
+
+
+def test_a_damaged_cached_onnx_model_is_exported_again(torch_and_onnx, tmp_path, caplog):
+    from SPDSegmentLib.sam.onnx_runtime import OnnxImageEncoder
+
+    _, onnx_backend = torch_and_onnx
+    encoder = onnx_backend.sam.image_encoder
+    first = OnnxImageEncoder(encoder, onnx_backend.identity, 256, folder=tmp_path)
+    assert first.path.is_file() and onnx_backend.checkpoint_sha256[:16] in first.path.name
+    first.path.write_bytes(first.path.read_bytes()[:5000])  # truncated, as by a crash mid-copy
+    second = OnnxImageEncoder(encoder, onnx_backend.identity, 256, folder=tmp_path)
+    assert "unusable" in caplog.text and second.path.stat().st_size > 5000
+
+
+def test_a_rerun_after_one_point_moves_decodes_only_around_it_and_equals_a_fresh_run(cta, cta_centerline,
+                                                                                    torch_and_onnx):
+    volume, label = cta
+    slab = crop_slices(volume, 60, 84)
+    noisy = simulate(cta_centerline, volume, label, "clinical", seed=0).centerline
+    src = volume.ras_to_src(noisy.points_ras)
+    points = noisy.points_ras[(src[:, 0] >= 60) & (src[:, 0] < 84)]
+    params = SegmentParams(intensity_preset="ct-angio")
+    _, backend = torch_and_onnx
+    first = segment(slab, Centerline(points, False), backend, load_prior("sam-track", backend), params)
+    moved = points.copy()
+    i = int(np.argmin(np.abs(slab.ras_to_src(moved)[:, 0] - 12)))
+    moved[i] += [1.5, -1.0, 0.0]
+    decodes = backend.decode_calls
+    again = segment(slab, Centerline(moved, False), backend, load_prior("sam-track", backend), params)
+    assert again.encode_calls == 0
+    assert backend.decode_calls - decodes <= 20, "only the prompts around the moved point are decoded again"
+    fresh_backend = load_backend("litemedsam", device="cpu", runtime="onnx")
+    fresh = segment(slab, Centerline(moved, False), fresh_backend, load_prior("sam-track", fresh_backend), params)
+    assert np.array_equal(again.mask, fresh.mask), "a re-run from caches equals a run from scratch"
+    assert not np.array_equal(first.mask, np.zeros_like(first.mask))
+
+
+@pytest.fixture(scope="module")
+def studies(cta, cta_centerline, tmp_path_factory):
+    """Two small studies (CTA slabs with noisy centerlines) and a third that cannot be read."""
+    volume, label = cta
+    root = tmp_path_factory.mktemp("studies")
+    for name, (k0, k1) in {"upper": (90, 100), "lower": (50, 60)}.items():
+        slab = crop_slices(volume, k0, k1)
+        (root / name).mkdir()
+        write_volume(slab, root / name / "image.nrrd")
+        noisy = simulate(cta_centerline, volume, label, "clinical", seed=1).centerline
+        src = volume.ras_to_src(noisy.points_ras)
+        write_centerline(Centerline(noisy.points_ras[(src[:, 0] >= k0) & (src[:, 0] < k1)], False, name),
+                         root / name / "centerline.mrk.json")
+        (root / name / "case.json").write_text(json.dumps({"preset": "ct-angio"}))
+    (root / "broken").mkdir()
+    (root / "broken" / "image.nrrd").write_bytes(b"not an image")
+    (root / "broken" / "centerline.mrk.json").write_text((root / "upper" / "centerline.mrk.json").read_text())
+    return root
+
+
+def test_segment_batch_on_dask_equals_a_serial_run_and_survives_a_failing_study(studies, tmp_path):
+    from SPDSegmentLib.frontends.batch import EngineOptions, run_batch
+
+    options = EngineOptions(device="cpu", threads=1)
+    serial = run_batch(studies, tmp_path / "serial", options, serial=True, log=lambda *a: None)
+    parallel = run_batch(studies, tmp_path / "dask", options, workers=2, log=lambda *a: None)
+    status = {r["study"]: r["status"] for r in parallel}
+    assert status == {"broken": "failed", "lower": "ok", "upper": "ok"}
+    assert "Cannot read volume" in next(r["error"] for r in parallel if r["study"] == "broken")
+    assert len({r["worker_pid"] for r in parallel}) >= 1
+    for name in ("upper", "lower"):
+        a = (tmp_path / "serial" / name / "segmentation.seg.nrrd").read_bytes()
+        b = (tmp_path / "dask" / name / "segmentation.seg.nrrd").read_bytes()
+        assert a == b, f"{name}: the Dask result differs from the serial one"
+    summary = json.loads((tmp_path / "dask" / "batch.json").read_text())
+    assert summary["workers"] == 2 and len(summary["studies"]) == 3
+    assert [r["status"] for r in serial] == [r["status"] for r in parallel]
