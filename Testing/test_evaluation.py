@@ -76,3 +76,26 @@ def test_case_layout_errors_are_actionable(tmp_path):
         find_cases(tmp_path)
     with pytest.raises(InputError, match="not found"):
         find_cases(tmp_path / "nothing")
+
+
+def test_a_case_with_its_own_curve_and_no_case_json_is_evaluated_on_that_curve(case_dir, backend, tmp_path):
+    """The held-out layout: image, label and a given centerline.mrk.json (a curve in LPS, as Slicer
+    writes it), no case.json. The given curve is used as it is, not replaced by a simulated one."""
+    from SPDSegmentLib.evaluation.skeleton import centerline_from_label
+    from SPDSegmentLib.io import markups_document, read_label, read_volume, write_markups
+
+    cases = tmp_path / "given"
+    shutil.copytree(case_dir / "abdomen_mr_aorta", cases / "mr_aorta")
+    (cases / "mr_aorta" / "case.json").unlink()
+    volume = read_volume(cases / "mr_aorta" / "image.nii.gz")
+    label = read_label(cases / "mr_aorta" / "label.nii.gz", volume)
+    curve = centerline_from_label(volume, label).points_ras[::4] + [3.0, 0.0, 0.0]  # a little off, like a user
+    document = markups_document("Curve", "user curve", curve)
+    assert document["markups"][0]["coordinateSystem"] == "LPS"
+    write_markups(cases / "mr_aorta" / "centerline.mrk.json", document)
+    rows = run_evaluation(cases, tmp_path / "out", backend, EvalConfig(methods=("raw", "spd", "label-box"),
+                                                                       severities=("mild", "severe")),
+                          log=lambda *_: None)
+    by = {(r["method"], r["severity"]): r["dsc"] for r in rows}
+    assert by[("spd", "mild")] == by[("spd", "severe")], "a given curve does not depend on the noise level"
+    assert by[("spd", "mild")] > 0.4

@@ -55,13 +55,19 @@ class Case:
     info: dict
 
 
-def find_cases(folder: str | Path) -> list[Case]:
+def case_folders(folder: str | Path, what: str = "case") -> list[tuple[Path, Path | None]]:
+    """(folder, image) of every case folder below ``folder`` (hidden folders skipped); the image is
+    None when the folder has none of the accepted names."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise InputError(f"case folder not found: {folder}")
+        raise InputError(f"{what} folder not found: {folder}")
+    return [(sub, next((sub / n for n in IMAGE_NAMES if (sub / n).exists()), None))
+            for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))]
+
+
+def find_cases(folder: str | Path) -> list[Case]:
     cases = []
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        image = next((sub / n for n in IMAGE_NAMES if (sub / n).exists()), None)
+    for sub, image in case_folders(folder):
         label = next((sub / n for n in LABEL_NAMES if (sub / n).exists()), None)
         if image is None or label is None:
             raise InputError(f"case {sub.name}: needs image.(nii.gz|nrrd|mha) or image/ and label.* "

@@ -16,7 +16,7 @@ import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..evaluation.cases import IMAGE_NAMES
+from ..evaluation.cases import case_folders
 
 _WORKER_ENGINES: dict = {}  # per worker process: model options -> (backend, prior name)
 
@@ -50,12 +50,8 @@ class Study:
 def find_studies(folder: str | Path) -> list[Study]:
     from ..io import InputError
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"study folder not found: {folder}")
     studies = []
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        image = next((sub / n for n in IMAGE_NAMES if (sub / n).exists()), None)
+    for sub, image in case_folders(folder, "study"):
         centerline = sub / "centerline.mrk.json"
         if image is None or not centerline.is_file():
             raise InputError(f"study {sub.name}: needs image.(nii.gz|nrrd|mha) or image/ and centerline.mrk.json "

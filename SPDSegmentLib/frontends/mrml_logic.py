@@ -41,6 +41,16 @@ class ProcessOutput:
     warnings: list[str] = field(default_factory=list)
 
 
+def style_markups(node, color: tuple[float, float, float]) -> None:
+    """Give a markups node its display node, in one colour (selected or not), without labels."""
+    node.CreateDefaultDisplayNodes()
+    display = node.GetDisplayNode()
+    if display is not None:
+        display.SetSelectedColor(*color)
+        display.SetColor(*color)
+        display.SetPointLabelsVisibility(False)
+
+
 def _matrix(vtk_matrix: vtk.vtkMatrix4x4) -> np.ndarray:
     return np.array([[vtk_matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
@@ -314,11 +324,6 @@ class SPDSegmentMRMLLogic:
                 node.SetNthControlPointLabel(i, status if status != "borrowed" else f"borrowed<-{r['source_slice']}")
                 node.SetNthControlPointDescription(i, f"slice {r['slice']}, saliency {r['saliency']:.2f}")
             node.SetLocked(True)
-            node.CreateDefaultDisplayNodes()
-            display = node.GetDisplayNode()
-            if display is not None:
-                display.SetSelectedColor(*color)
-                display.SetColor(*color)
-                display.SetPointLabelsVisibility(False)
+            style_markups(node, color)
             nodes[status] = node
         return nodes

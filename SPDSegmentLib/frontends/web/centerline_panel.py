@@ -10,6 +10,7 @@ import slicer
 from trame.widgets import html
 from trame.widgets import vuetify3 as v3
 
+from ..mrml_logic import style_markups
 from .context import SessionContext
 from .data_folder import MARKUPS_SUFFIX, DataPathError
 from .scene_io import SceneIOError, load_markups, save_markups
@@ -50,12 +51,7 @@ class CenterlinePanel:
         self._unobserve()
         self.ctx.remove_node(self.ctx.centerline_node)
         self.ctx.centerline_node = node
-        node.CreateDefaultDisplayNodes()
-        display = node.GetDisplayNode()
-        if display is not None:
-            display.SetSelectedColor(*CENTERLINE_COLOR)
-            display.SetColor(*CENTERLINE_COLOR)
-            display.SetPointLabelsVisibility(False)
+        style_markups(node, CENTERLINE_COLOR)
         for event in (slicer.vtkMRMLMarkupsNode.PointAddedEvent, slicer.vtkMRMLMarkupsNode.PointRemovedEvent,
                       slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent):
             self._observed.append((node, node.AddObserver(event, self._on_points)))
