@@ -1,0 +1,131 @@
+"""The 3-D continuity prior (``sam-track``) on real scans with the real LiteMedSAM: a drift longer
+than CPD's window is rejected, a gap longer than n slices is filled, and the box extent comes from
+the image on a large structure without growing where growth leaks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _helpers import crop_slices
+
+from SPDSegmentLib.evaluation import sample_data
+from SPDSegmentLib.evaluation.harness import load_method_prior
+from SPDSegmentLib.evaluation.metrics import dice
+from SPDSegmentLib.evaluation.skeleton import centerline_from_label
+from SPDSegmentLib.io import read_label, read_volume
+from SPDSegmentLib.method.pipeline import SegmentParams, segment
+from SPDSegmentLib.method.prompts import Centerline
+from SPDSegmentLib.method.saliency import load_prior
+
+DRIFT = slice(6, 17)  # 11 slices: more than CPD's window (2 n + 1 = 5) and the vote prior's (4)
+GAP = slice(24, 35)  # 11 slices with no point at all
+
+
+def _descending_aorta_with_drift_and_gap(cta, direction_deg: float):
+    """A 40-slice slab of the CTA's descending aorta (one crossing per slice) and its label-derived
+    centerline, with slices 6-16 moved 22 mm sideways (an abrupt drift bracketed by true points)
+    and slices 24-34 left without points."""
+    volume, label = cta
+    slab, lab = crop_slices(volume, 20, 60), label[20:60].copy()
+    src = slab.ras_to_src(centerline_from_label(slab, lab).points_ras)
+    in_drift = (src[:, 0] >= DRIFT.start - 0.5) & (src[:, 0] < DRIFT.stop - 0.5)
+    in_gap = (src[:, 0] >= GAP.start - 0.5) & (src[:, 0] < GAP.stop - 0.5)
+    angle = np.radians(direction_deg)
+    moved = src.copy()
+    moved[in_drift, 1:] += 22.0 * np.array([np.cos(angle), np.sin(angle)]) / np.array(slab.in_plane_spacing)
+    ref = slab.with_array(lab).slices() > 0
+    drifted = moved[in_drift & ~in_gap]
+    idx = np.round(drifted).astype(int)
+    assert not ref[idx[:, 0], idx[:, 1], idx[:, 2]].any(), "the drifted points must lie off the aorta"
+    return slab, ref, Centerline(slab.src_to_ras(moved[~in_gap]), ordered=False, name="drift-and-gap")
+
+
+def _run(slab, centerline, backend, prior: str, **params):
+    return segment(slab, centerline, backend, load_prior(prior, backend),
+                   SegmentParams(method=params.pop("method", "spd"), intensity_preset="ct-angio", **params))
+
+
+@pytest.fixture(scope="module")
+def soft_tissue_drift(cta, backend):
+    """The drift lands in the soft tissue beside the aorta (mean about 30 HU)."""
+    slab, ref, centerline = _descending_aorta_with_drift_and_gap(cta, 158.0)
+    runs = {"track": _run(slab, centerline, backend, "sam-track"),
+            "track, no propagation": _run(slab, centerline, backend, "sam-track", propagate=False),
+            "votes": _run(slab, centerline, backend, "sam-votes", propagate=False)}
+    masks = {k: slab.with_array(r.mask).slices() > 0 for k, r in runs.items()}
+    return ref, runs, masks
+
+
+def _points(result, *statuses):
+    return [p for d in result.decisions.values() for p in d.with_status(*statuses)]
+
+
+def test_a_drift_longer_than_the_window_is_rejected_whole(soft_tissue_drift):
+    ref, runs, masks = soft_tissue_drift
+    track = runs["track"]
+    rejected = _points(track, "rejected")
+    drift_slices = set(range(DRIFT.start, DRIFT.stop))
+    assert {p.slice for p in rejected} >= drift_slices, "every drifted slice has its points rejected"
+    assert not any(ref[p.slice][p.pixel] for p in rejected), "no point on the aorta is rejected"
+    assert all(ref[p.slice][p.pixel] for p in _points(track, "kept")), "no drifted point is kept"
+    assert dice(masks["track"][DRIFT], ref[DRIFT]) > 0.9, "the drift slices are segmented on the aorta"
+    # the window-limited vote prior (the paper's CPD with a training-free prior) keeps this drift
+    votes_kept = _points(runs["votes"], "kept")
+    assert sum(not ref[p.slice][p.pixel] for p in votes_kept) >= 8
+    assert dice(masks["votes"][DRIFT], ref[DRIFT]) < 0.3
+
+
+def test_a_gap_longer_than_n_slices_is_filled_by_propagation(soft_tissue_drift):
+    ref, runs, masks = soft_tissue_drift
+    assert not any(p.slice in range(GAP.start, GAP.stop) for p in _points(runs["track"], "kept"))
+    assert all(masks["track"][t].any() for t in range(GAP.start, GAP.stop)), "no gap slice is left empty"
+    assert dice(masks["track"][GAP], ref[GAP]) > 0.75
+    # without propagation CPD borrows only from n = 2 slices on each side: the middle stays empty
+    without = masks["track, no propagation"]
+    assert not any(without[t].any() for t in range(GAP.start + 3, GAP.stop - 3))
+    assert dice(masks["track"][GAP], ref[GAP]) > dice(without[GAP], ref[GAP]) + 0.3
+
+
+@pytest.mark.xfail(strict=True, reason="known limit: an abrupt 22 mm drift onto the vertebra for 11 slices is "
+                                       "taken as the target, because one SAM mask around spine and aorta collects "
+                                       "the aorta's points too (docs/method.md, 'Known limits of the continuity step')")
+def test_known_limit_a_long_drift_onto_the_vertebra(cta, backend):
+    slab, ref, centerline = _descending_aorta_with_drift_and_gap(cta, 0.0)
+    track = _run(slab, centerline, backend, "sam-track")
+    assert not any(ref[p.slice][p.pixel] == 0 for p in _points(track, "kept"))
+
+
+@pytest.fixture(scope="module")
+def abdomen_ct():
+    volume = read_volume(sample_data.path("abdomen_ct/image.nii.gz"), "abdomen_ct")
+    return volume, sample_data.path("abdomen_ct/labels.nii.gz")
+
+
+def _extent_vs_fixed_boxes(abdomen_ct, backend, label_value: int) -> tuple[float, float, float]:
+    """DSC with box extent from the image (the default), DSC with fixed box sizes (the ablation), and
+    the default mask's volume over the fixed boxes' mask volume: a clean centerline, so only the
+    extent differs."""
+    volume, labels = abdomen_ct
+    label = read_label(labels, volume, label_value=label_value)
+    ref = volume.with_array(label).slices() > 0
+    centerline = centerline_from_label(volume, label)
+    out = {}
+    for prior in ("sam-track", "sam-track/fixed-boxes"):
+        result = segment(volume, centerline, backend, load_method_prior(prior, backend),
+                         SegmentParams(method="spd", intensity_preset="ct-abdomen"))
+        out[prior] = volume.with_array(result.mask).slices() > 0
+    return (dice(out["sam-track"], ref), dice(out["sam-track/fixed-boxes"], ref),
+            out["sam-track"].sum() / max(out["sam-track/fixed-boxes"].sum(), 1))
+
+
+def test_a_large_structure_takes_its_box_extent_from_the_image(abdomen_ct, backend):
+    """CT colon (label 20): loops far wider than a box sized from the points."""
+    extent, fixed, _ = _extent_vs_fixed_boxes(abdomen_ct, backend, 20)
+    assert extent > fixed + 0.25, (extent, fixed)
+
+
+def test_the_gated_extent_does_not_grow_where_plain_growth_leaks(abdomen_ct, backend):
+    """CT aorta (label 52): plain box growth lost 6 Dice points on the aorta by following leaks into
+    the neighbouring tissue; the gated extent must leave it as the fixed boxes have it."""
+    extent, fixed, volume_ratio = _extent_vs_fixed_boxes(abdomen_ct, backend, 52)
+    assert extent > 0.8 and extent >= fixed - 0.01, (extent, fixed)
+    assert volume_ratio < 1.05, "the mask does not grow beyond what the fixed boxes give"
