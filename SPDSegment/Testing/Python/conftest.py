@@ -20,3 +20,15 @@ def clean_scene():
     slicer.mrmlScene.Clear(0)
     yield
     slicer.mrmlScene.Clear(0)
+
+
+@pytest.fixture(scope="session")
+def cta_case():
+    """(volume, aorta label, label-derived centerline) of the real CTA sample, read once per session."""
+    from SPDSegmentLib.evaluation import sample_data
+    from SPDSegmentLib.evaluation.skeleton import centerline_from_label
+    from SPDSegmentLib.io import read_label, read_volume
+
+    volume = read_volume(sample_data.path("cta/image.nii.gz"))
+    label = read_label(sample_data.path("cta/aorta.nii.gz"), volume)
+    return volume, label, centerline_from_label(volume, label)

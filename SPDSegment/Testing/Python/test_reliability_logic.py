@@ -11,21 +11,16 @@ import pytest
 import slicer
 import vtk
 
-from SPDSegmentLib.evaluation import sample_data
 from SPDSegmentLib.evaluation.metrics import dice
-from SPDSegmentLib.evaluation.skeleton import centerline_from_label
 from SPDSegmentLib.frontends.mrml_logic import SPDInputError, SPDSegmentMRMLLogic
-from SPDSegmentLib.io import read_label, read_volume
 from SPDSegmentLib.method.pipeline import Cancelled
 
 K0, K1 = 60, 70
 
 
 @pytest.fixture(scope="module")
-def cta():
-    volume = read_volume(sample_data.path("cta/image.nii.gz"))
-    label = read_label(sample_data.path("cta/aorta.nii.gz"), volume)
-    return volume, label, centerline_from_label(volume, label)
+def cta(cta_case):
+    return cta_case
 
 
 @pytest.fixture(scope="module")

@@ -11,21 +11,13 @@ import vtk
 import SPDSegment
 from SPDSegmentLib.evaluation import sample_data  # noqa: F401  (fixtures read the fetched CTA)
 from SPDSegmentLib.evaluation.metrics import dice
-from SPDSegmentLib.evaluation.skeleton import centerline_from_label
 from SPDSegmentLib.frontends.mrml_logic import SPDInputError
-from SPDSegmentLib.io import read_label, read_markups, read_segmentation, read_volume, write_centerline
+from SPDSegmentLib.io import read_markups, read_segmentation, read_volume, write_centerline
 from SPDSegmentLib.method.prompts import Centerline
 
 K0, K1 = 40, 50
 MODULE_DIR = Path(SPDSegment.__file__).resolve().parent
 REPO = MODULE_DIR.parent
-
-
-@pytest.fixture(scope="module")
-def cta_data():
-    volume = read_volume(sample_data.path("cta/image.nii.gz"))
-    label = read_label(sample_data.path("cta/aorta.nii.gz"), volume)
-    return volume, label, centerline_from_label(volume, label)
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +50,8 @@ def _mask(out, volumeNode):
     return slicer.util.arrayFromSegmentBinaryLabelmap(out.segmentationNode, out.segmentId, volumeNode)
 
 
-def test_curve_input_gives_a_segment_on_the_volume_geometry(cta_data, logic):
-    volume, label, centerline = cta_data
+def test_curve_input_gives_a_segment_on_the_volume_geometry(cta_case, logic):
+    volume, label, centerline = cta_case
     volumeNode = _slab_node(volume)
     out = logic.process(volumeNode, _curve_node(centerline, volume), None, "aorta", intensityPreset="ct-angio")
     mask = _mask(out, volumeNode)
@@ -74,8 +66,8 @@ def test_curve_input_gives_a_segment_on_the_volume_geometry(cta_data, logic):
     assert out.summary["warnings"] == [], "the training-free prior fits this scan: no warning"
 
 
-def test_point_list_input_works(cta_data, logic):
-    volume, label, centerline = cta_data
+def test_point_list_input_works(cta_case, logic):
+    volume, label, centerline = cta_case
     volumeNode = _slab_node(volume)
     points = _curve_node(centerline, volume, "vtkMRMLMarkupsFiducialNode", step=1)
     out = logic.process(volumeNode, points, None, "aorta", intensityPreset="ct-angio", showSaliency=True)
@@ -84,8 +76,8 @@ def test_point_list_input_works(cta_data, logic):
     assert sal.shape == label[K0:K1].shape and sal.max() <= 1.0
 
 
-def test_flipped_volume_gives_the_same_physical_result(cta_data, logic):
-    volume, label, centerline = cta_data
+def test_flipped_volume_gives_the_same_physical_result(cta_case, logic):
+    volume, label, centerline = cta_case
     plain, flipped = _slab_node(volume), _slab_node(volume, flip=True)
     curve = _curve_node(centerline, volume)
     a = _mask(logic.process(plain, curve, None, "a", intensityPreset="ct-angio", showPrompts=False), plain)
@@ -94,8 +86,8 @@ def test_flipped_volume_gives_the_same_physical_result(cta_data, logic):
     assert dice(b[::-1, :, ::-1], label[K0:K1]) > 0.8
 
 
-def test_existing_segments_are_untouched_and_names_never_collide(cta_data, logic):
-    volume, _, centerline = cta_data
+def test_existing_segments_are_untouched_and_names_never_collide(cta_case, logic):
+    volume, _, centerline = cta_case
     volumeNode = _slab_node(volume)
     seg = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "mine")
     seg.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
@@ -110,8 +102,8 @@ def test_existing_segments_are_untouched_and_names_never_collide(cta_data, logic
     np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(seg, mine, volumeNode), before)
 
 
-def test_bad_inputs_are_refused_and_change_nothing(cta_data, logic):
-    volume, _, centerline = cta_data
+def test_bad_inputs_are_refused_and_change_nothing(cta_case, logic):
+    volume, _, centerline = cta_case
     volumeNode = _slab_node(volume)
     curve = _curve_node(centerline, volume)
     nodes_before = slicer.mrmlScene.GetNumberOfNodes()
@@ -141,8 +133,8 @@ def _save(node, path):
     assert storage.WriteData(node)
 
 
-def test_seg_nrrd_and_mrk_json_round_trip_between_slicer_and_the_engine(cta_data, logic, tmp_path):
-    volume, label, centerline = cta_data
+def test_seg_nrrd_and_mrk_json_round_trip_between_slicer_and_the_engine(cta_case, logic, tmp_path):
+    volume, label, centerline = cta_case
     volumeNode = _slab_node(volume)
     out = logic.process(volumeNode, _curve_node(centerline, volume), None, "aorta", intensityPreset="ct-angio")
     mask = _mask(out, volumeNode)
@@ -224,10 +216,10 @@ def test_parameter_node_choices_match_the_engine():
     assert set(choices["device"]) == {"auto", "cpu", "cuda"}
 
 
-def test_a_prior_that_does_not_fit_the_scan_is_reported_in_the_summary(cta_data, logic):
+def test_a_prior_that_does_not_fit_the_scan_is_reported_in_the_summary(cta_case, logic):
     """The shipped abdominal aorta prior on the chest CTA: it rejects nearly every point; the user
     must be told (the widget shows summary warnings), not silently handed an empty segment."""
-    volume, label, centerline = cta_data
+    volume, label, centerline = cta_case
     volumeNode = _slab_node(volume)
     out = logic.process(volumeNode, _curve_node(centerline, volume), None, "aorta", intensityPreset="ct-angio",
                         prior="trained-aorta")
