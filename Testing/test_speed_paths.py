@@ -1,6 +1,6 @@
-"""The fast paths give the same results as the plain ones: the ONNX Runtime encoder, the decode cache
-behind re-runs after an edit, and segment-batch on Dask (timings are printed by benchmarks/, never
-asserted here)."""
+"""The fast paths give the same results as the plain ones: the ONNX Runtime encoder and decoder, the
+decode cache behind re-runs after an edit, and segment-batch on Dask (timings are printed by
+benchmarks/, never asserted here)."""
 from __future__ import annotations
 
 import json
@@ -36,15 +36,71 @@ def test_onnx_encoder_matches_torch_embedding_and_masks(cta, torch_and_onnx):
     assert np.array_equal(torch_backend.decode(a, None, box).mask, onnx_backend.decode(b, None, box).mask)
 
 
-def test_a_damaged_cached_onnx_model_is_exported_again(torch_and_onnx, tmp_path, caplog):
-    from SPDSegmentLib.sam.onnx_runtime import OnnxImageEncoder
+def _label_boxes(volume, label, t: int) -> list[tuple[float, float, float, float]]:
+    """Boxes on slice t from tight to loose around the label, and off-centre: the prior's kind of boxes."""
+    rows, cols = np.nonzero(volume.with_array(label).slices()[t])
+    r0, c0, r1, c1 = rows.min(), cols.min(), rows.max(), cols.max()
+    h, w = volume.slice_shape
+    out = []
+    for margin in (2.0, 8.0, 25.0, 60.0):
+        for shift in (0.0, 0.3 * (r1 - r0)):
+            out.append((max(r0 - margin + shift, 0.0), max(c0 - margin, 0.0), min(r1 + margin + shift, h - 1.0),
+                        min(c1 + margin, w - 1.0)))
+    return out
+
+
+def test_onnx_decoder_gives_the_torch_decoders_masks_and_scores(cta, torch_and_onnx):
+    volume, label = cta
+    torch_backend, onnx_backend = torch_and_onnx
+    window = volume_window(volume, "ct-angio")
+    runs_before, decodes_before = onnx_backend._onnx_decoder.calls, onnx_backend.decode_calls
+    differing, total, compared = 0, 0, 0
+    for t in (55, 80, 110):
+        emb = torch_backend.embed(window.apply(volume.slices()[t]))
+        for box in _label_boxes(volume, label, t):
+            a, b = torch_backend.decode(emb, None, box), onnx_backend.decode(emb, None, box)
+            assert abs(a.score - b.score) < 1e-4
+            differing += int((a.mask != b.mask).sum())
+            total += a.mask.size
+            compared += int(a.mask.any())
+    decoded = onnx_backend.decode_calls - decodes_before
+    assert decoded >= 20 and onnx_backend._onnx_decoder.calls - runs_before == decoded, "all in ONNX Runtime"
+    assert compared >= 20, "the boxes gave real masks to compare"
+    assert differing <= 1e-5 * total, f"{differing} of {total} pixels differ"
+
+
+def test_a_fine_tuned_decoder_runs_in_torch_not_in_the_exported_one(cta):
+    import torch
+
+    volume, label = cta
+    backend = load_backend("litemedsam", device="cpu", runtime="onnx")
+    emb = backend.embed(volume_window(volume, "ct-angio").apply(volume.slices()[80]))
+    box = _label_boxes(volume, label, 80)[1]
+    shipped = backend.decode(emb, None, box)
+    with torch.no_grad():  # what loading a fine-tuned decoder does: new weights, a new decoder version
+        backend.sam.mask_decoder.iou_prediction_head.layers[-1].bias += 0.25
+    backend.decoder_version += 1
+    runs = backend._onnx_decoder.calls
+    tuned = backend.decode(emb, None, box)
+    assert backend._onnx_decoder.calls == runs
+    assert tuned.score == pytest.approx(shipped.score + 0.25, abs=1e-4)
+
+
+@pytest.mark.parametrize("model", ["encoder", "box decoder"])
+def test_a_damaged_cached_onnx_model_is_exported_again(torch_and_onnx, tmp_path, caplog, model):
+    from SPDSegmentLib.sam.onnx_runtime import OnnxBoxDecoder, OnnxImageEncoder
 
     _, onnx_backend = torch_and_onnx
-    encoder = onnx_backend.sam.image_encoder
-    first = OnnxImageEncoder(encoder, onnx_backend.identity, 256, folder=tmp_path)
+
+    def build():
+        if model == "encoder":
+            return OnnxImageEncoder(onnx_backend.sam.image_encoder, onnx_backend.identity, 256, folder=tmp_path)
+        return OnnxBoxDecoder(onnx_backend.sam, onnx_backend.identity, folder=tmp_path)
+
+    first = build()
     assert first.path.is_file() and onnx_backend.checkpoint_sha256[:16] in first.path.name
     first.path.write_bytes(first.path.read_bytes()[:5000])  # truncated, as by a crash mid-copy
-    second = OnnxImageEncoder(encoder, onnx_backend.identity, 256, folder=tmp_path)
+    second = build()
     assert "unusable" in caplog.text and second.path.stat().st_size > 5000
 
 

@@ -4,6 +4,7 @@ machine is noisy: compare the ratios, not absolute seconds across runs).
     .venv/bin/python benchmarks/bench_speed.py [--slices 40] [--device auto] [--skip-rss] [--skip-batch]
 
 1. image encoder: torch eager vs ONNX Runtime, per slice, and the largest embedding difference;
+   the box-prompted mask decoder the same way, and how many masks are identical;
 2. one SPD run by stage (encode, prior, CPD, decode) and the prior's cost next to the encoder's;
 3. SPD end to end vs plain SAM on the same slices (plain: one box around each slice's raw point
    cluster, no prior), both starting from an empty embedding cache;
@@ -53,6 +54,9 @@ def _fresh(backend) -> None:
 
 
 def encoder(volume, device: str, n: int = 12) -> None:
+    if device != "cpu":
+        print(f"1. ONNX Runtime runs on the CPU only; on {device} torch runs SAM (see 8.)")
+        return
     window = volume_window(volume, "ct-angio")
     slices = [window.apply(volume.slices()[t]) for t in range(60, 60 + n)]
     times, outs = {}, {}
@@ -66,6 +70,31 @@ def encoder(volume, device: str, n: int = 12) -> None:
     diff = max(float((a - b).abs().max()) for a, b in zip(outs["torch"], outs["onnx"]))
     print(f"1. encoder per slice: torch {times['torch']:.3f} s, onnx {times['onnx']:.3f} s -> onnx is "
           f"{times['torch'] / times['onnx']:.2f}x faster; max |embedding difference| {diff:.1e}")
+    decoder(volume, device, slices, backend)
+
+
+def decoder(volume, device: str, slices, onnx_backend) -> None:
+    """Box decodes of the prior's kind (several sizes around points of the slice), torch vs ONNX Runtime."""
+    torch_backend = load_backend("litemedsam", device=device, runtime="torch")
+    rng = np.random.default_rng(0)
+    h, w = volume.slice_shape
+    boxes = []
+    for _ in range(6):
+        r, c, half = rng.uniform(60, h - 60), rng.uniform(60, w - 60), rng.uniform(5, 50)
+        boxes.append((r - half, c - half, r + half, c + half))
+    times, masks = {"torch": 0.0, "onnx": 0.0}, {"torch": [], "onnx": []}
+    for s in slices:
+        emb = onnx_backend.embed(s)
+        for name, backend in (("torch", torch_backend), ("onnx", onnx_backend)):
+            backend.decode(emb, None, boxes[0])  # warm-up
+            backend.decoded = DecodeCache()
+            start = time.perf_counter()
+            masks[name] += [backend.decode(emb, None, b).mask for b in boxes]
+            times[name] += time.perf_counter() - start
+    n = len(masks["torch"])
+    same = sum(np.array_equal(a, b) for a, b in zip(masks["torch"], masks["onnx"]))
+    print(f"1b. box decode: torch {1000 * times['torch'] / n:.1f} ms, onnx {1000 * times['onnx'] / n:.1f} ms -> "
+          f"onnx is {times['torch'] / times['onnx']:.2f}x faster; identical masks {same}/{n}")
 
 
 def stages_and_plain(volume, centerline, device: str) -> None:

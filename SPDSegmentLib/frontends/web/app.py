@@ -104,7 +104,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         help="close a session this long after its last page disconnected (default 10)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--runtime", choices=("auto", "torch", "onnx"), default="auto",
-                        help="image encoder runtime (see 'segment --help')")
+                        help="SAM runtime (see 'segment --help')")
     parser.add_argument("--no-sample", action="store_true",
                         help="start with an empty scene when the data folder holds no volume")
     return parser
