@@ -1,5 +1,6 @@
 """The evaluation contract: case layout, results.csv schema, report, on a real (small) MRI case."""
 import csv
+import json
 import shutil
 
 import pytest
@@ -43,6 +44,9 @@ def test_results_csv_schema_and_report_on_a_real_mri_case(case_dir, backend, tmp
     assert "![panels/panel_abdomen_mr_aorta_mild.png]" in report  # the report shows one severity's panels
     for sev in ("mild", "severe"):  # the output folder holds them all
         assert (tmp_path / "panels" / f"panel_abdomen_mr_aorta_{sev}.png").exists()
+    run = json.loads((tmp_path / "config.json").read_text())  # what produced the numbers
+    assert (run["backend"], run["device"], run["runtime"]) == (backend.identity, backend.device, backend.runtime)
+    assert run["methods"] == list(config.methods) and run["seed"] == 0
 
 
 def test_a_trained_prior_runs_only_on_its_structure_and_knows_each_case_role(backend):

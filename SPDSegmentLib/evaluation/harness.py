@@ -303,6 +303,7 @@ def run_evaluation(cases_dir: str | Path, out_dir: str | Path, backend, config: 
                 write_csv(rows, out / "results.csv")  # keep partial results if interrupted
             backend.cache.clear(disk=False)  # embeddings of finished cases are not needed again
     write_report(rows, artefacts, cases, config, out)
-    (out / "config.json").write_text(json.dumps({**config.__dict__, "backend": backend.identity}, indent=2, default=str))
+    meta = {**config.__dict__, "backend": backend.identity, "device": backend.device, "runtime": backend.runtime}
+    (out / "config.json").write_text(json.dumps(meta, indent=2, default=str))
     log(f"results: {out / 'results.csv'}; report: {out / 'report.md'}")
     return rows
