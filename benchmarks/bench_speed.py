@@ -59,9 +59,9 @@ def encoder(volume, device: str, n: int = 12) -> None:
         return
     window = volume_window(volume, "ct-angio")
     slices = [window.apply(volume.slices()[t]) for t in range(60, 60 + n)]
-    times, outs = {}, {}
+    times, outs, backends = {}, {}, {}
     for runtime in ("torch", "onnx"):
-        backend = load_backend("litemedsam", device=device, runtime=runtime)
+        backend = backends[runtime] = load_backend("litemedsam", device=device, runtime=runtime)
         backend.embed(slices[0])  # warm-up (and the one-off ONNX export)
         _fresh(backend)
         start = time.perf_counter()
@@ -70,12 +70,11 @@ def encoder(volume, device: str, n: int = 12) -> None:
     diff = max(float((a - b).abs().max()) for a, b in zip(outs["torch"], outs["onnx"]))
     print(f"1. encoder per slice: torch {times['torch']:.3f} s, onnx {times['onnx']:.3f} s -> onnx is "
           f"{times['torch'] / times['onnx']:.2f}x faster; max |embedding difference| {diff:.1e}")
-    decoder(volume, device, slices, backend)
+    decoder(volume, slices, backends["torch"], backends["onnx"])
 
 
-def decoder(volume, device: str, slices, onnx_backend) -> None:
+def decoder(volume, slices, torch_backend, onnx_backend) -> None:
     """Box decodes of the prior's kind (several sizes around points of the slice), torch vs ONNX Runtime."""
-    torch_backend = load_backend("litemedsam", device=device, runtime="torch")
     rng = np.random.default_rng(0)
     h, w = volume.slice_shape
     boxes = []

@@ -248,7 +248,6 @@ class SamBackend:
             hit = self.decoded.get(key)
             if hit is not None:
                 return Decoded(*hit)
-        self._use(emb)
         coords = labels = box = None
         if points_rc is not None and len(points_rc):
             coords = np.asarray(points_rc, dtype=float)[:, ::-1].copy()  # SAM takes (x, y)
@@ -261,6 +260,7 @@ class SamBackend:
         if coords is None and self._onnx_decoder is not None and self.decoder_version == 0:
             out = self._decode_box_onnx(emb, box)
         else:
+            self._use(emb)
             with torch.inference_mode():
                 masks, scores, _ = self.predictor.predict(point_coords=coords, point_labels=labels, box=box,
                                                           multimask_output=False)

@@ -163,10 +163,6 @@ class OnnxImageEncoder(_VerifiedOnnxModel):
         super().__init__(encoder, f"{identity.replace(':', '-')}-encoder-{img_size}-opset{OPSET}.onnx", folder,
                          threads)
 
-    @property
-    def encoder(self):
-        return self.module
-
     def check_inputs(self) -> tuple:
         import torch
 
@@ -179,26 +175,23 @@ class OnnxImageEncoder(_VerifiedOnnxModel):
         return torch.from_numpy(self.run(x.detach().cpu().numpy())[0])
 
 
-class _BoxDecoderModule:
-    """SAM's prompt encoder and mask decoder for one box and no mask input, single-mask output
-    (what ``SamPredictor.predict(box=..., multimask_output=False)`` computes before upsampling)."""
+def _box_decoder_module(sam):
+    """SAM's prompt encoder and mask decoder for one box and no mask input, single-mask output: what
+    ``SamPredictor.predict(box=..., multimask_output=False)`` computes before upsampling."""
+    import torch
 
-    @staticmethod
-    def build(sam):
-        import torch
+    class BoxDecoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.prompt_encoder, self.mask_decoder = sam.prompt_encoder, sam.mask_decoder
 
-        class BoxDecoder(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.prompt_encoder, self.mask_decoder = sam.prompt_encoder, sam.mask_decoder
+        def forward(self, embedding, box):  # (1, C, h, w); (1, 4) x0, y0, x1, y1 in the input frame
+            sparse, dense = self.prompt_encoder(points=None, boxes=box, masks=None)
+            return self.mask_decoder(image_embeddings=embedding, image_pe=self.prompt_encoder.get_dense_pe(),
+                                     sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                     multimask_output=False)
 
-            def forward(self, embedding, box):  # (1, C, h, w); (1, 4) x0, y0, x1, y1 in the input frame
-                sparse, dense = self.prompt_encoder(points=None, boxes=box, masks=None)
-                return self.mask_decoder(image_embeddings=embedding, image_pe=self.prompt_encoder.get_dense_pe(),
-                                         sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                         multimask_output=False)
-
-        return BoxDecoder().eval()
+    return BoxDecoder().eval()
 
 
 class OnnxBoxDecoder(_VerifiedOnnxModel):
@@ -212,7 +205,7 @@ class OnnxBoxDecoder(_VerifiedOnnxModel):
     def __init__(self, sam, identity: str, folder: str | Path | None = None, threads: int | None = None) -> None:
         self.embedding_shape = (1, int(sam.prompt_encoder.embed_dim), *sam.prompt_encoder.image_embedding_size)
         self.img_size = int(sam.image_encoder.img_size)
-        super().__init__(_BoxDecoderModule.build(sam),
+        super().__init__(_box_decoder_module(sam),
                          f"{identity.replace(':', '-')}-box-decoder-{self.img_size}-opset{OPSET}.onnx", folder, threads)
 
     def check_inputs(self) -> tuple:
@@ -225,4 +218,4 @@ class OnnxBoxDecoder(_VerifiedOnnxModel):
 
     def __call__(self, embedding: np.ndarray, box_xyxy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, iou = self.run(embedding, np.asarray(box_xyxy).reshape(1, 4))
-        return logits, iou
+        return logits, iou  # (1, 1, 4h, 4w) logits, (1, 1) IoU
