@@ -129,3 +129,42 @@ def test_the_gated_extent_does_not_grow_where_plain_growth_leaks(abdomen_ct, bac
     extent, fixed, volume_ratio = _extent_vs_fixed_boxes(abdomen_ct, backend, 52)
     assert extent > 0.8 and extent >= fixed - 0.01, (extent, fixed)
     assert volume_ratio < 1.05, "the mask does not grow beyond what the fixed boxes give"
+
+
+def _target_precision(result, ref) -> float:
+    """Share of the continuity target's mask (over its slices) that lies on the label."""
+    target = next(o for o in result.objects if result.reasons[o.oid].startswith("target"))
+    inside = sum(int(np.logical_and(m, ref[t]).sum()) for t, m in target.masks.items())
+    return inside / max(sum(int(m.sum()) for m in target.masks.values()), 1)
+
+
+def test_a_container_and_the_part_the_point_is_on_are_both_seeded_and_the_curve_decides(backend):
+    """CT-DICOM colon, clinical noise: at several seeds SAM's surest enclosed mask is a large region
+    around the colon loop the point is on. Seeding only that container made it the target (a fifth
+    of it on the colon); seeding the loop as a second hypothesis lets the curve's later points,
+    which stay in the loop, make the loop the target."""
+    from SPDSegmentLib.evaluation.noise import simulate
+    from SPDSegmentLib.io import resample_like
+    from SPDSegmentLib.method.continuity import TrackingParams
+
+    volume = read_volume(sample_data.path("abdomen_ct_dicom/image"), "abdomen_ct_dicom")
+    value = next(v for v, name in sample_data.class_map("abdomen_ct_dicom").items() if name == "colon")
+    labels = resample_like(read_volume(sample_data.path("abdomen_ct_dicom/labels.nii.gz")), volume).array
+    label = (labels == value).astype(np.uint8)
+    ref = volume.with_array(label).slices() > 0
+    noisy = simulate(centerline_from_label(volume, label), volume, label, "clinical", seed=0).centerline
+    runs = {}
+    for name, params in (("hypotheses", TrackingParams()),
+                         ("container only", TrackingParams(part_area_ratio=float("inf")))):
+        prior = load_prior("sam-track", backend)
+        prior.params = params
+        result = segment(volume, noisy, backend, prior, SegmentParams(method="spd", intensity_preset="ct-abdomen"))
+        runs[name] = (prior.last, dice(volume.with_array(result.mask).slices() > 0, ref))
+    tracked, spd_dice = runs["hypotheses"]
+    tracked_single, spd_dice_single = runs["container only"]
+    parts = [o for o in tracked.objects if any(
+        t in c.masks and c.masks[t].sum() > 3 * o.masks[t].sum() and np.logical_and(c.masks[t], o.masks[t]).sum()
+        >= 0.9 * o.masks[t].sum() for c in tracked.objects if c is not o for t in o.seeded)]
+    assert parts, "some seed gave a container and a part"
+    assert _target_precision(tracked, ref) > _target_precision(tracked_single, ref) + 0.15
+    assert spd_dice > spd_dice_single + 0.03, (spd_dice, spd_dice_single)
