@@ -56,6 +56,7 @@ class TrackingParams:
     part_area_ratio: float = 3.0  # a seed mask this many times larger than an enclosed part holding the point:
     #                               both are hypotheses (the vessel inside the liver, or a patch of the liver)
     part_inside: float = 0.9  # fraction of the part that the container must cover
+    seed_piece_mm: float = 12.0  # a slice's point group longer than this (the curve in the plane) seeds in pieces
     box_fill_limit: float = 0.92  # a mask filling its box this much is the box, not a structure
     min_texture: float = 2.0  # grey-level sd inside a seed box below which the patch is blank
     min_overlap: float = 0.25  # Dice with the previous slice's mask to continue an object
@@ -149,6 +150,27 @@ def overlap(a: np.ndarray, b: np.ndarray) -> float:
     from scipy import ndimage
 
     return dice(ndimage.binary_dilation(a), ndimage.binary_dilation(b))
+
+
+def split_along(points_rc: np.ndarray, spacing_rc: np.ndarray, piece_mm: float) -> list[np.ndarray]:
+    """A slice's point group cut into consecutive pieces of at most ``piece_mm`` along its main axis.
+
+    Where the curve runs inside the slice plane, one group holds a long run of points; one seed box
+    at the run's median covers only its middle (and a median of a bent run can lie off the
+    structure). Each piece seeds, or attaches to what an earlier piece seeded, on its own."""
+    if len(points_rc) < 3:
+        return [points_rc]
+    mm = points_rc * np.asarray(spacing_rc, dtype=float)
+    centred = mm - mm.mean(0)
+    axis = np.linalg.svd(centred, full_matrices=False)[2][0]
+    along = centred @ axis
+    extent = float(along.max() - along.min())
+    if extent <= piece_mm:
+        return [points_rc]
+    count = int(np.ceil(extent / piece_mm))
+    edges = np.linspace(along.min(), along.max() + 1e-9, count + 1)
+    index = np.clip(np.searchsorted(edges, along, side="right") - 1, 0, count - 1)
+    return [points_rc[index == j] for j in range(count) if np.any(index == j)]
 
 
 def _clip_box(r0, c0, r1, c1, shape) -> tuple[float, float, float, float]:
@@ -335,10 +357,17 @@ class Tracker:
         return o
 
     def _groups(self, t: int) -> list[tuple[np.ndarray, int]]:
+        """(centre, number of points) of slice t's point groups; a group that runs along the slice
+        (the curve inside the plane) is cut into pieces of at most ``seed_piece_mm``."""
         groups: dict[int, list] = {}
         for pt in self.prompts.get(t, []):
             groups.setdefault(pt.group, []).append((pt.row, pt.col))
-        return [(np.median(np.array(v), axis=0), len(v)) for v in groups.values()]
+        out = []
+        for rows_cols in groups.values():
+            points = np.array(rows_cols, dtype=float)
+            out.extend((np.median(piece, axis=0), len(piece))
+                       for piece in split_along(points, self.spacing, self.params.seed_piece_mm))
+        return out
 
     def _owner(self, t: int, centre: np.ndarray, live: list[TrackedObject]) -> TrackedObject | None:
         """The live object a point belongs to: the smallest one whose mask holds it or lies within
