@@ -2,8 +2,10 @@
 
 A curve (ordered polyline, any density) yields, on every slice, the points where its segments cross
 the slice plane, interpolated exactly: a tortuous curve (aortic arch, bowel loop) crosses a slice
-several times. A point list yields the points within half a voxel of each slice. On each slice the
-points are then grouped by in-plane proximity, so separate crossings stay separate prompt groups.
+several times. Where the curve runs inside a slice for more than two slice thicknesses, that slice
+also gets points along the run, one per slice thickness. A point list yields the points within half
+a voxel of each slice. On each slice the points are then grouped by in-plane proximity, so separate
+crossings stay separate prompt groups.
 """
 from __future__ import annotations
 
@@ -76,6 +78,46 @@ def _curve_crossings(src: np.ndarray, num_slices: int) -> list[tuple[int, float,
     return [c for c in out if 0 <= c[0] < num_slices]
 
 
+# spacing of the samples along an in-plane run, in slice thicknesses: the density of a steep curve's
+# crossings (measured on clean curves: half a slice thickness lost 15 Dice points on an MR stomach,
+# where the run's many points outweighed the rest of the curve; one thickness did not)
+IN_PLANE_STEP_SLICES = 1.0
+
+
+def _in_plane_samples(src: np.ndarray, spacing_mm: np.ndarray, num_slices: int,
+                      min_run_slices: float = 2.0) -> list[tuple[int, float, float]]:
+    """(slice, row, col) samples along the pieces of a polyline that stay within half a slice of one
+    slice plane for an in-plane length of more than ``min_run_slices`` slice thicknesses (the curve
+    runs inside the slice: a vessel in the axial plane), every ``IN_PLANE_STEP_SLICES`` slice
+    thicknesses along the piece.
+
+    Plane crossings alone give such a slice one point, or none, for a structure that may span
+    centimetres of it; sampled so, the run has the density of the rest of the curve."""
+    spacing_mm = np.asarray(spacing_mm, dtype=float)
+    step_mm = IN_PLANE_STEP_SLICES * spacing_mm[0]
+    if len(src) < 2 or step_mm <= 0:
+        return []
+    dense = []
+    for a, b in zip(src[:-1], src[1:]):
+        n = max(1, int(np.ceil(np.linalg.norm((b - a) * spacing_mm) / (0.25 * step_mm))))
+        dense.append(a + (np.arange(n) / n)[:, None] * (b - a))
+    dense.append(src[-1:])
+    dense = np.vstack(dense)
+    nearest = np.round(dense[:, 0])
+    out: list[tuple[int, float, float]] = []
+    for run in np.split(np.arange(len(dense)), np.flatnonzero(np.diff(nearest) != 0) + 1):
+        s = int(nearest[run[0]])
+        if not 0 <= s < num_slices or len(run) < 2:
+            continue
+        rc = dense[run, 1:]
+        arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(rc, axis=0) * spacing_mm[1:], axis=1))])
+        if arc[-1] <= min_run_slices * spacing_mm[0]:
+            continue
+        for d in np.arange(step_mm, arc[-1], step_mm):
+            out.append((s, float(np.interp(d, arc, rc[:, 0])), float(np.interp(d, arc, rc[:, 1]))))
+    return out
+
+
 def _group(points: np.ndarray, spacing_rc: tuple[float, float], distance_mm: float) -> np.ndarray:
     """Single-linkage groups of in-plane points closer than ``distance_mm``."""
     if len(points) == 1:
@@ -85,15 +127,20 @@ def _group(points: np.ndarray, spacing_rc: tuple[float, float], distance_mm: flo
     return labels
 
 
-def slice_prompts(centerline: Centerline, volume: Volume, group_distance_mm: float = 10.0) -> SlicePrompts:
+def slice_prompts(centerline: Centerline, volume: Volume, group_distance_mm: float = 10.0,
+                  in_plane: bool = True) -> SlicePrompts:
     """Per-slice point prompts of a centerline in ``volume``'s (slice, row, col) frame.
 
     Points outside the volume are dropped. ``group_distance_mm`` separates crossings on one slice
     (the two limbs of the aortic arch are centimetres apart; jitter around one crossing is not).
+    ``in_plane`` also samples the pieces of a curve that run inside a slice (:func:`_in_plane_samples`).
     """
     src = volume.ras_to_src(centerline.points_ras)
     if centerline.ordered and len(src) > 1:
         raw = _curve_crossings(src, volume.num_slices)
+        if in_plane:
+            spacing = np.array([volume.slice_spacing, *volume.in_plane_spacing])
+            raw += _in_plane_samples(src, spacing, volume.num_slices)
     else:
         nearest = np.round(src[:, 0])
         keep = np.abs(src[:, 0] - nearest) <= 0.5
