@@ -231,12 +231,6 @@ class Tracker:
         box_area = max((r1 - r0 + 1) * (c1 - c0 + 1), 1)
         return float(mask[r0:r1 + 1, c0:c1 + 1].sum()) / box_area < p.box_fill_limit
 
-    def seed(self, t: int, centre_rc: np.ndarray) -> tuple[np.ndarray, float] | None:
-        """The mask of a point from the image (the first of :meth:`seed_hypotheses`); None when no
-        box size gives evidence."""
-        found = self.seed_hypotheses(t, centre_rc)
-        return found[0] if found else None
-
     def seed_hypotheses(self, t: int, centre_rc: np.ndarray) -> list[tuple[np.ndarray, float]]:
         """The masks a point may belong to, from the image, largest first (empty: no evidence).
 
@@ -244,9 +238,9 @@ class Tracker:
         sizes as long as their mask is enclosed, contains the current one and SAM is clearly more
         confident (a lumen inside a vessel wall, a patch inside an organ grow to the whole). When no
         size is stable, the enclosed mask SAM is surest of, which is often a container: SAM scores
-        a whole liver higher than the thin vein inside it. So when the main mask is much larger than
-        the smallest enclosed, confident mask that holds the point and contains it, that *part* is a
-        second hypothesis. Both are tracked and count the seeding point; later points go to the
+        a whole liver higher than the thin vein inside it. So whenever the main mask (by whichever
+        rule it was chosen) is much larger than the smallest enclosed, confident mask that holds the
+        point, and covers it, that *part* is a second hypothesis. Both are tracked and count the seeding point; later points go to the
         smallest holder, so the whole curve decides (the vein's points stay inside the vein through
         the volume; a patch of an organ loses the curve's points within a few slices and the organ
         takes them)."""
@@ -398,15 +392,15 @@ class Tracker:
             owners = [owner] if owner is not None else []
             if owner is None:
                 for mask, score in self.seed_hypotheses(t, centre):
-                    o = next((o for o in live if t in o.masks
-                              and same_region(o.masks[t], mask, self.params.merge_dice)), None)
-                    if o is None:
-                        o = self._new(t, mask, score)
-                        live.append(o)
-                        self.objects.append(o)
+                    same = next((o for o in live if t in o.masks
+                                 and same_region(o.masks[t], mask, self.params.merge_dice)), None)
+                    if same is None:
+                        same = self._new(t, mask, score)
+                        live.append(same)
+                        self.objects.append(same)
                     else:
-                        o.seeded.add(t)
-                    owners.append(o)
+                        same.seeded.add(t)
+                    owners.append(same)
             for i, o in enumerate(owners):
                 if not any(o is other for other in owners[:i]):
                     o.support[t] = o.support.get(t, 0) + n
