@@ -54,20 +54,20 @@ def test_real_cta_reference_centerline_crosses_arch_slices_twice(cta):
 
 
 def test_a_curve_running_inside_a_slice_is_sampled_along_the_run():
-    """A curve that climbs to slice 12, runs 20 mm inside it and climbs on: slice 12 gets points every
-    slice thickness (2 mm here) along the run, not one crossing; steep pieces get none extra, and a
+    """Experimental (``in_plane=True``, off by default). A curve that climbs to slice 12, runs 20 mm
+    inside it and climbs on: slice 12 gets points every slice thickness (2 mm here) along the run, not one crossing; steep pieces get none extra, and a
     point list is left as it is."""
     vol = _vol(np.diag([1.0, 1.0, 2.0, 1.0]))  # 2 mm slices, 1 mm pixels
     src = np.array([[2, 5, 10], [12, 5, 10], [12, 25, 10], [19, 25, 10]], float)
     curve = Centerline(vol.src_to_ras(src))
-    prompts = slice_prompts(curve, vol)
+    prompts = slice_prompts(curve, vol, in_plane=True)
     rows = sorted(p.row for p in prompts[12])
     assert len(rows) >= 10 and rows[0] <= 7.5 and rows[-1] >= 22.5
     assert np.all(np.diff(rows) <= 2.0 + 1e-6)
     assert all(len(prompts[t]) == 1 for t in range(3, 11)), "steep slices keep their one crossing"
-    without = slice_prompts(curve, vol, in_plane=False)
+    without = slice_prompts(curve, vol)  # the default: crossings only
     assert len(without[12]) <= 2
-    points = slice_prompts(Centerline(vol.src_to_ras(src), ordered=False), vol)
+    points = slice_prompts(Centerline(vol.src_to_ras(src), ordered=False), vol, in_plane=True)
     assert sum(len(v) for v in points.values()) == 4
 
 
@@ -75,5 +75,5 @@ def test_a_shallow_but_not_in_plane_curve_gets_no_extra_points():
     """A curve at 45 degrees to the slices runs one slice thickness in-plane per slice: crossings only."""
     vol = _vol(np.diag([1.0, 1.0, 2.0, 1.0]))
     src = np.array([[2, 5, 10], [12, 25, 10]], float)  # 2 pixels (2 mm) per 2 mm slice
-    prompts = slice_prompts(Centerline(vol.src_to_ras(src)), vol)
+    prompts = slice_prompts(Centerline(vol.src_to_ras(src)), vol, in_plane=True)
     assert all(len(v) == 1 for v in prompts.values())

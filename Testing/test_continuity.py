@@ -139,8 +139,8 @@ def _target_precision(result, ref) -> float:
 
 
 def test_a_container_and_the_part_the_point_is_on_are_both_seeded_and_the_curve_decides(backend):
-    """CT-DICOM colon, clinical noise: at several seeds SAM's surest enclosed mask is a large region
-    around the colon loop the point is on. Seeding only that container made it the target (a fifth
+    """Experimental rule (``part_hypotheses``, off by default). CT-DICOM colon, clinical noise: at
+    several seeds SAM's surest enclosed mask is a large region around the colon loop the point is on. Seeding only that container made it the target (a fifth
     of it on the colon); seeding the loop as a second hypothesis lets the curve's later points,
     which stay in the loop, make the loop the target."""
     from SPDSegmentLib.evaluation.noise import simulate
@@ -154,8 +154,8 @@ def test_a_container_and_the_part_the_point_is_on_are_both_seeded_and_the_curve_
     ref = volume.with_array(label).slices() > 0
     noisy = simulate(centerline_from_label(volume, label), volume, label, "clinical", seed=0).centerline
     runs = {}
-    for name, params in (("hypotheses", TrackingParams()),
-                         ("container only", TrackingParams(part_area_ratio=float("inf")))):
+    for name, params in (("hypotheses", TrackingParams(part_hypotheses=True)),
+                         ("container only", TrackingParams())):
         prior = load_prior("sam-track", backend)
         prior.params = params
         result = segment(volume, noisy, backend, prior, SegmentParams(method="spd", intensity_preset="ct-abdomen"))
@@ -188,8 +188,8 @@ def test_a_point_group_along_the_slice_is_cut_into_pieces():
 
 
 def test_an_in_plane_run_of_the_curve_seeds_along_its_length(backend):
-    """CT-DICOM portal and splenic vein, clinical noise: the splenic vein runs inside the axial
-    slices, so single slices hold long runs of points. One seed at a run's median misses most of
+    """Experimental rule (``seed_piece_mm``, off by default). CT-DICOM portal and splenic vein,
+    clinical noise: the splenic vein runs inside the axial slices, so single slices hold long runs of points. One seed at a run's median misses most of
     it; seeding every 12 mm piece lets the tracker hold the vein along the run."""
     from SPDSegmentLib.evaluation.noise import simulate
     from SPDSegmentLib.io import resample_like
@@ -203,7 +203,7 @@ def test_an_in_plane_run_of_the_curve_seeds_along_its_length(backend):
     ref = volume.with_array(label).slices() > 0
     noisy = simulate(centerline_from_label(volume, label), volume, label, "clinical", seed=0).centerline
     scores = {}
-    for name, params in (("pieces", TrackingParams()), ("one seed per group", TrackingParams(seed_piece_mm=float("inf")))):
+    for name, params in (("pieces", TrackingParams(seed_piece_mm=12.0)), ("one seed per group", TrackingParams())):
         prior = load_prior("sam-track", backend)
         prior.params = params
         result = segment(volume, noisy, backend, prior, SegmentParams(method="spd", intensity_preset="ct-abdomen"))

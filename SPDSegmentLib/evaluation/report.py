@@ -85,10 +85,6 @@ DEVELOPMENT_NOTE = (
     "set while looking at the 15 tubular cases at `clinical` severity, seed 0. The 8 organ cases (liver, "
     "spleen, kidney) were never looked at while developing, nor were the other severities' noise draws; "
     "the organ rows therefore show how the method carries over to structures it was not tuned on. "
-    "The seed hypotheses (a container and the part of it the point is on) and the seeding of in-plane runs "
-    "in pieces were developed on the same 15 tubular cases and checked for harm on 9 organ cases that are "
-    "not scored here (right kidney, stomach, "
-    "pancreas and gallbladder of the same scans, where they have 10 or more slices). "
     "`oracle-prior` (the label as the saliency map) and `label-box` (a box around the label) use the label: "
     "they are upper bounds to judge the methods by, never results.")
 

@@ -8,10 +8,9 @@ neighbour, the target does not stop: it continues on those slices, only without 
    at the smallest of several sizes where the mask is *enclosed* (it does not run along the box's
    edge), confident (SAM's predicted IoU) and *stable* (the next larger box gives the same mask),
    so the extent comes from the image, not from a constant. A box that SAM fills completely, or
-   one on a blank patch, is no seed: on an uninformative slice nothing counts as evidence. When
-   the chosen mask is a container of a much smaller enclosed mask holding the point (the liver
-   around the portal vein, or the liver around a patch of itself), both are seeded as hypotheses
-   and the rest of the curve decides between them.
+   one on a blank patch, is no seed: on an uninformative slice nothing counts as evidence.
+   (Experimental, off by default: ``part_hypotheses`` also seeds the enclosed part of a much larger
+   chosen mask, ``seed_piece_mm`` seeds long in-plane groups in pieces.)
 2. **Tracking.** Every object is carried to the next slice with a box around its mask, decoded by
    SAM, and kept only when the new mask passes the gates (predicted IoU, overlap with the previous
    mask, area change). A mask that runs along its box's edge is re-decoded once with a larger box
@@ -53,10 +52,13 @@ class TrackingParams:
     stable_dice: float = 0.7  # (nearly) the same mask from the next larger box
     grow_score_margin: float = 0.05  # a larger enclosing mask replaces a seed when SAM is this much surer
     grow_area_limit: float = 3.0  # ... and it is at most this many times larger (a lumen's vessel, not the body)
+    # Experimental, off by default (docs/method.md, "Experimental seed rules"): they raised the mean DSC of
+    # the evaluation but let the CTA drift in Testing/test_continuity.py become the target.
+    part_hypotheses: bool = False  # also seed the enclosed part of a much larger chosen mask
     part_area_ratio: float = 3.0  # a seed mask this many times larger than an enclosed part holding the point:
     #                               both are hypotheses (the vessel inside the liver, or a patch of the liver)
     part_inside: float = 0.9  # fraction of the part that the container must cover
-    seed_piece_mm: float = 12.0  # a slice's point group longer than this (the curve in the plane) seeds in pieces
+    seed_piece_mm: float | None = None  # a slice's point group longer than this seeds in pieces (None: never)
     box_fill_limit: float = 0.92  # a mask filling its box this much is the box, not a structure
     min_texture: float = 2.0  # grey-level sd inside a seed box below which the patch is blank
     min_overlap: float = 0.25  # Dice with the previous slice's mask to continue an object
@@ -295,7 +297,7 @@ class Tracker:
                 mask, score = bigger, bigger_score
                 break
         first = next((i for i in range(len(candidates)) if enclosed(i)), None)  # smallest enclosed (decoded)
-        if first is not None:
+        if p.part_hypotheses and first is not None:
             part, part_score, _, _ = candidates[first]
             area = float(part.sum())
             if (mask.sum() > p.part_area_ratio * area
@@ -351,16 +353,17 @@ class Tracker:
         return o
 
     def _groups(self, t: int) -> list[tuple[np.ndarray, int]]:
-        """(centre, number of points) of slice t's point groups; a group that runs along the slice
-        (the curve inside the plane) is cut into pieces of at most ``seed_piece_mm``."""
+        """(centre, number of points) of slice t's point groups; with ``seed_piece_mm`` set, a group
+        that runs along the slice (the curve inside the plane) is cut into pieces of at most that."""
         groups: dict[int, list] = {}
         for pt in self.prompts.get(t, []):
             groups.setdefault(pt.group, []).append((pt.row, pt.col))
         out = []
         for rows_cols in groups.values():
             points = np.array(rows_cols, dtype=float)
-            out.extend((np.median(piece, axis=0), len(piece))
-                       for piece in split_along(points, self.spacing, self.params.seed_piece_mm))
+            pieces = ([points] if self.params.seed_piece_mm is None
+                      else split_along(points, self.spacing, self.params.seed_piece_mm))
+            out.extend((np.median(piece, axis=0), len(piece)) for piece in pieces)
         return out
 
     def _owner(self, t: int, centre: np.ndarray, live: list[TrackedObject]) -> TrackedObject | None:

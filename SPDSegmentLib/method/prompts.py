@@ -2,9 +2,9 @@
 
 A curve (ordered polyline, any density) yields, on every slice, the points where its segments cross
 the slice plane, interpolated exactly: a tortuous curve (aortic arch, bowel loop) crosses a slice
-several times. Where the curve runs inside a slice for more than two slice thicknesses, that slice
-also gets points along the run, one per slice thickness. A point list yields the points within half
-a voxel of each slice. On each slice the points are then grouped by in-plane proximity, so separate
+several times (optionally, where the curve runs inside a slice for more than two slice thicknesses,
+that slice also gets points along the run, one per slice thickness). A point list yields the points
+within half a voxel of each slice. On each slice the points are then grouped by in-plane proximity, so separate
 crossings stay separate prompt groups.
 """
 from __future__ import annotations
@@ -128,12 +128,13 @@ def _group(points: np.ndarray, spacing_rc: tuple[float, float], distance_mm: flo
 
 
 def slice_prompts(centerline: Centerline, volume: Volume, group_distance_mm: float = 10.0,
-                  in_plane: bool = True) -> SlicePrompts:
+                  in_plane: bool = False) -> SlicePrompts:
     """Per-slice point prompts of a centerline in ``volume``'s (slice, row, col) frame.
 
     Points outside the volume are dropped. ``group_distance_mm`` separates crossings on one slice
     (the two limbs of the aortic arch are centimetres apart; jitter around one crossing is not).
-    ``in_plane`` also samples the pieces of a curve that run inside a slice (:func:`_in_plane_samples`).
+    ``in_plane`` also samples the pieces of a curve that run inside a slice (:func:`_in_plane_samples`;
+    experimental, off by default: measured only together with the experimental seed rules).
     """
     src = volume.ras_to_src(centerline.points_ras)
     if centerline.ordered and len(src) > 1:
