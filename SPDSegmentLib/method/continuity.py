@@ -240,12 +240,12 @@ class Tracker:
         sizes as long as their mask is enclosed, contains the current one and SAM is clearly more
         confident (a lumen inside a vessel wall, a patch inside an organ grow to the whole). When no
         size is stable, the enclosed mask SAM is surest of, which is often a container: SAM scores
-        a whole liver higher than the thin vein inside it. So whenever the main mask (by whichever
-        rule it was chosen) is much larger than the smallest enclosed, confident mask that holds the
-        point, and covers it, that *part* is a second hypothesis. Both are tracked and count the seeding point; later points go to the
-        smallest holder, so the whole curve decides (the vein's points stay inside the vein through
-        the volume; a patch of an organ loses the curve's points within a few slices and the organ
-        takes them)."""
+        a whole liver higher than the thin vein inside it. So, with ``part_hypotheses`` (experimental,
+        off by default), whenever the main mask is much larger than the smallest enclosed, confident
+        mask that holds the point, and covers it, that *part* is a second hypothesis. Both are
+        tracked and count the seeding point; later points go to the smallest holder, so the whole
+        curve decides (the vein's points stay inside the vein; a patch of an organ loses the curve's
+        points within a few slices and the organ takes them)."""
         p = self.params
         if not p.extent:
             found = self._fixed_seed(t, centre_rc)
@@ -296,13 +296,13 @@ class Tracker:
                     and mask.sum() < bigger.sum() <= p.grow_area_limit * mask.sum()):
                 mask, score = bigger, bigger_score
                 break
-        first = next((i for i in range(len(candidates)) if enclosed(i)), None)  # smallest enclosed (decoded)
-        if p.part_hypotheses and first is not None:
-            part, part_score, _, _ = candidates[first]
-            area = float(part.sum())
-            if (mask.sum() > p.part_area_ratio * area
-                    and np.logical_and(mask, part).sum() >= p.part_inside * area):
-                return [(mask, score), (part, part_score)]
+        if not p.part_hypotheses:
+            return [(mask, score)]
+        first = next(i for i in range(len(candidates)) if enclosed(i))  # smallest enclosed; chosen is one
+        part, part_score, _, _ = candidates[first]
+        area = float(part.sum())
+        if mask.sum() > p.part_area_ratio * area and np.logical_and(mask, part).sum() >= p.part_inside * area:
+            return [(mask, score), (part, part_score)]
         return [(mask, score)]
 
     def _fixed_seed(self, t: int, centre_rc: np.ndarray) -> tuple[np.ndarray, float] | None:
@@ -404,9 +404,8 @@ class Tracker:
                     else:
                         same.seeded.add(t)
                     owners.append(same)
-            for i, o in enumerate(owners):
-                if not any(o is other for other in owners[:i]):
-                    o.support[t] = o.support.get(t, 0) + n
+            for o in owners:  # distinct: same_region needs sizes within 2x, container and part differ > 3x
+                o.support[t] = o.support.get(t, 0) + n
 
     def _merge(self, t: int, live: list[TrackedObject]) -> list[TrackedObject]:
         merged: list[TrackedObject] = []

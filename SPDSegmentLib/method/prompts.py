@@ -4,8 +4,8 @@ A curve (ordered polyline, any density) yields, on every slice, the points where
 the slice plane, interpolated exactly: a tortuous curve (aortic arch, bowel loop) crosses a slice
 several times (optionally, where the curve runs inside a slice for more than two slice thicknesses,
 that slice also gets points along the run, one per slice thickness). A point list yields the points
-within half a voxel of each slice. On each slice the points are then grouped by in-plane proximity, so separate
-crossings stay separate prompt groups.
+within half a voxel of each slice. On each slice the points are then grouped by in-plane proximity,
+so separate crossings stay separate prompt groups.
 """
 from __future__ import annotations
 
@@ -95,8 +95,6 @@ def _in_plane_samples(src: np.ndarray, spacing_mm: np.ndarray, num_slices: int,
     centimetres of it; sampled so, the run has the density of the rest of the curve."""
     spacing_mm = np.asarray(spacing_mm, dtype=float)
     step_mm = IN_PLANE_STEP_SLICES * spacing_mm[0]
-    if len(src) < 2 or step_mm <= 0:
-        return []
     dense = []
     for a, b in zip(src[:-1], src[1:]):
         n = max(1, int(np.ceil(np.linalg.norm((b - a) * spacing_mm) / (0.25 * step_mm))))
@@ -113,8 +111,8 @@ def _in_plane_samples(src: np.ndarray, spacing_mm: np.ndarray, num_slices: int,
         arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(rc, axis=0) * spacing_mm[1:], axis=1))])
         if arc[-1] <= min_run_slices * spacing_mm[0]:
             continue
-        for d in np.arange(step_mm, arc[-1], step_mm):
-            out.append((s, float(np.interp(d, arc, rc[:, 0])), float(np.interp(d, arc, rc[:, 1]))))
+        at = np.arange(step_mm, arc[-1], step_mm)
+        out.extend((s, float(r), float(c)) for r, c in zip(np.interp(at, arc, rc[:, 0]), np.interp(at, arc, rc[:, 1])))
     return out
 
 
