@@ -54,7 +54,7 @@ def test_real_cta_reference_centerline_crosses_arch_slices_twice(cta):
 
 
 def test_a_curve_running_inside_a_slice_is_sampled_along_the_run():
-    """Experimental (``in_plane=True``, off by default). A curve that climbs to slice 12, runs 20 mm
+    """In-plane sampling (``in_plane=True``, the default). A curve that climbs to slice 12, runs 20 mm
     inside it and climbs on: slice 12 gets points every slice thickness (2 mm here) along the run, not one crossing; steep pieces get none extra, and a
     point list is left as it is."""
     vol = _vol(np.diag([1.0, 1.0, 2.0, 1.0]))  # 2 mm slices, 1 mm pixels
@@ -65,7 +65,7 @@ def test_a_curve_running_inside_a_slice_is_sampled_along_the_run():
     assert len(rows) >= 10 and rows[0] <= 7.5 and rows[-1] >= 22.5
     assert np.all(np.diff(rows) <= 2.0 + 1e-6)
     assert all(len(prompts[t]) == 1 for t in range(3, 11)), "steep slices keep their one crossing"
-    without = slice_prompts(curve, vol)  # the default: crossings only
+    without = slice_prompts(curve, vol, in_plane=False)  # crossings only
     assert len(without[12]) <= 2
     points = slice_prompts(Centerline(vol.src_to_ras(src), ordered=False), vol, in_plane=True)
     assert sum(len(v) for v in points.values()) == 4

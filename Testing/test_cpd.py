@@ -83,3 +83,27 @@ def test_a_prior_that_rejects_most_points_is_reported_to_the_user():
     assert own and "(sam-track)" not in own and "'raw'" in own  # never advises switching to itself
     assert prior_disagreement(decisions(5, 15), trained) is None  # 25% kept
     assert prior_disagreement(decisions(0, 4), trained) is None  # too few points to judge
+
+
+def test_the_structure_radius_does_not_step_when_one_point_moves():
+    """The radius sizes every box of a run. Thirty points at different depths inside a disc of
+    radius 12 px: one point moved from 1 px to 5 px inside the edge moves the median of the depths
+    to the next pixel distance, and every box with it; the rounded interquartile mean stays put, so
+    a re-run after a drag re-decodes only the slices around the moved point. (A point d px inside
+    the edge is d + 1 px from the nearest pixel outside.)"""
+    from SPDSegmentLib.method.rendering import RADIUS_STEP_PX, structure_radius_px
+
+    rows, cols = np.ogrid[:64, :64]
+    disc = ((rows - 32) ** 2 + (cols - 32) ** 2 <= 12 ** 2).astype(np.float32)
+    depths = [1, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 6, 6, 6, 7, 7, 8, 8, 9, 10, 11]
+
+    def radius(values):
+        points = {t: [PromptPoint(t, 32.0, 32.0 + 12 - d)] for t, d in enumerate(values)}
+        return structure_radius_px({t: disc for t in points}, points, 0.5, default_px=10.0)
+
+    moved = [5] + depths[1:]
+    assert np.median(depths) != np.median(moved), "the premise: the median steps"
+    assert radius(depths) == radius(moved)
+    assert radius(depths) % RADIUS_STEP_PX == 0 and 4.0 <= radius(depths) <= 7.0, radius(depths)
+    far = [d + 4 for d in depths]
+    assert radius(far) >= radius(depths) + 3.0, "the radius still follows the structure"

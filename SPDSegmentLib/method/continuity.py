@@ -54,11 +54,11 @@ class TrackingParams:
     grow_area_limit: float = 3.0  # ... and it is at most this many times larger (a lumen's vessel, not the body)
     # Experimental, off by default (docs/method.md, "Experimental seed rules"): they raised the mean DSC of
     # the evaluation but let the CTA drift in Testing/test_continuity.py become the target.
-    part_hypotheses: bool = False  # also seed the enclosed part of a much larger chosen mask
+    part_hypotheses: bool = True  # also seed the enclosed part of a much larger chosen mask
     part_area_ratio: float = 3.0  # a seed mask this many times larger than an enclosed part holding the point:
     #                               both are hypotheses (the vessel inside the liver, or a patch of the liver)
     part_inside: float = 0.9  # fraction of the part that the container must cover
-    seed_piece_mm: float | None = None  # a slice's point group longer than this seeds in pieces (None: never)
+    seed_piece_mm: float | None = 12.0  # a slice's point group longer than this seeds in pieces (None: never)
     box_fill_limit: float = 0.92  # a mask filling its box this much is the box, not a structure
     min_texture: float = 2.0  # grey-level sd inside a seed box below which the patch is blank
     min_overlap: float = 0.25  # Dice with the previous slice's mask to continue an object
@@ -81,6 +81,8 @@ class TrackedObject:
     scores: dict[int, float] = field(default_factory=dict)
     support: dict[int, int] = field(default_factory=dict)  # slice -> own points inside
     seeded: set = field(default_factory=set)  # slices where a point seeded the mask
+    parts: set = field(default_factory=set)  # oids of the part hypotheses seeded together with this mask
+    shared: dict[int, int] = field(default_factory=dict)  # slice -> seeding points counted for a container too
     unsupported_run: int = 0
     active: bool = True
 
@@ -111,7 +113,10 @@ class TrackedObject:
                 self.masks[t], self.scores[t] = m, other.scores[t]
         for t, n in other.support.items():
             self.support[t] = self.support.get(t, 0) + n
+        for t, n in other.shared.items():
+            self.shared[t] = self.shared.get(t, 0) + n
         self.seeded |= other.seeded
+        self.parts |= other.parts
         self.unsupported_run = min(self.unsupported_run, other.unsupported_run)
 
 
@@ -367,20 +372,23 @@ class Tracker:
         return out
 
     def _owner(self, t: int, centre: np.ndarray, live: list[TrackedObject]) -> TrackedObject | None:
-        """The live object a point belongs to: the smallest one whose mask holds it or lies within
-        ``attach_mm`` of it (a point inside a small object nested in a large one is the small one's)."""
+        """The live object a point belongs to: among the masks that hold it, the smallest (a point
+        inside a small object nested in a large one is the small one's); failing that, the smallest
+        mask within ``attach_mm`` of it. The order of ``live`` does not matter."""
         shape = self.slices_u8[t].shape
         r, c = min(max(int(round(centre[0])), 0), shape[0] - 1), min(max(int(round(centre[1])), 0), shape[1] - 1)
-        best, best_area = None, np.inf
         reach = np.ceil(self.params.attach_mm / self.spacing).astype(int)
+        best, best_key = None, None
         for o in live:
             if t not in o.masks:
                 continue
             m = o.masks[t]
-            near = m[max(r - reach[0], 0): r + reach[0] + 1, max(c - reach[1], 0): c + reach[1] + 1].any()
-            area = float(m.sum())
-            if (m[r, c] or near) and (area < best_area or (best is not None and m[r, c] and not best.masks[t][r, c])):
-                best, best_area = o, area
+            holds = bool(m[r, c])
+            if not holds and not m[max(r - reach[0], 0): r + reach[0] + 1, max(c - reach[1], 0): c + reach[1] + 1].any():
+                continue
+            key = (not holds, float(m.sum()), o.oid)
+            if best_key is None or key < best_key:
+                best, best_key = o, key
         return best
 
     def _assign(self, t: int, live: list[TrackedObject]) -> None:
@@ -406,6 +414,10 @@ class Tracker:
                     owners.append(same)
             for o in owners:  # distinct: same_region needs sizes within 2x, container and part differ > 3x
                 o.support[t] = o.support.get(t, 0) + n
+            if len(owners) == 2:  # container and part: linked, and the part records the points they share
+                container, part = owners
+                container.parts.add(part.oid)
+                part.shared[t] = part.shared.get(t, 0) + n
 
     def _merge(self, t: int, live: list[TrackedObject]) -> list[TrackedObject]:
         merged: list[TrackedObject] = []
@@ -415,9 +427,24 @@ class Tracker:
             if target is None:
                 merged.append(o)
             else:
-                target.absorb(o)
-                self.objects.remove(o)
+                self._absorb(target, o)
         return merged
+
+    def _absorb(self, into: TrackedObject, other: TrackedObject) -> None:
+        """``into`` takes over ``other``; links to ``other`` as a part are redirected at the end."""
+        into.absorb(other)
+        self.objects.remove(other)
+        self._alias[other.oid] = into.oid
+
+    def _resolve_parts(self) -> None:
+        """Part links point at the objects that absorbed the parts; an object is never its own part."""
+        def final(oid: int) -> int:
+            while oid in self._alias:
+                oid = self._alias[oid]
+            return oid
+
+        for o in self.objects:
+            o.parts = {final(p) for p in o.parts} - {o.oid}
 
     def _sweep(self, order: list[int], live: list[TrackedObject], extend_only: bool) -> None:
         """One pass over ``order``: follow live objects slice to slice, attach or seed point groups
@@ -439,17 +466,20 @@ class Tracker:
                 self._assign(t, live)
             else:
                 everyone = [x for x in self.objects if t in x.masks]
+                met: dict[int, int] = {}
                 for centre, n in self._groups(t):  # points met on the way back that it alone holds
                     owner = self._owner(t, centre, everyone)
-                    if owner is not None and owner in live and owner.support.get(t, 0) == 0:
-                        owner.support[t] = n
+                    if owner is not None and owner in live:
+                        met[owner.oid] = met.get(owner.oid, 0) + n  # summed over the pieces of a group
+                for o in live:
+                    if met.get(o.oid) and o.support.get(t, 0) == 0:
+                        o.support[t] = met[o.oid]
                 others = [x for x in self.objects if x not in live and t in x.masks]
                 for o in list(live):
                     for x in others:
                         if x in self.objects and t in o.masks and same_region(x.masks[t], o.masks[t],
                                                                               self.params.merge_dice):
-                            x.absorb(o)
-                            self.objects.remove(o)
+                            self._absorb(x, o)
                             live.remove(o)
                             break
             live[:] = self._merge(t, live)
@@ -480,8 +510,7 @@ class Tracker:
                     for t in range(end + 1, start):
                         a.masks[t] = ma if t - end <= start - t else mb
                         a.scores[t] = 0.0
-                    a.absorb(b)
-                    self.objects.remove(b)
+                    self._absorb(a, b)
                     changed = True
                     break
                 if changed:
@@ -489,11 +518,16 @@ class Tracker:
 
     def run(self, slices: list[int]) -> TrackingResult:
         self.objects: list[TrackedObject] = []
+        self._alias: dict[int, int] = {}
         order = sorted(slices)
         self._sweep(order, [], extend_only=False)
-        # objects that start late are followed back towards the first slice
-        for o in sorted(self.objects, key=lambda x: -x.total_support):
-            if o not in self.objects or o.total_support < self.params.min_support_points:
+        # objects that start late are followed back towards the first slice; a container counts the
+        # points its parts took (an aorta whose lumen specks hold its points is still the aorta)
+        self._resolve_parts()
+        by_id = {o.oid: o for o in self.objects}
+        pooled = {o.oid: _pooled_support(o, by_id) for o in self.objects}
+        for o in sorted(self.objects, key=lambda x: (-pooled[x.oid], x.oid)):
+            if o not in self.objects or pooled[o.oid] < self.params.min_support_points:
                 continue
             first = min(o.masks)
             back = [t for t in reversed(order) if t <= first]
@@ -501,6 +535,7 @@ class Tracker:
                 o.active, o.unsupported_run = True, 0
                 self._sweep(back, [o], extend_only=True)
         self._link()
+        self._resolve_parts()
         kept, reasons = select(self.objects, self.params)
         return TrackingResult(self.objects, kept, reasons, self.decodes)
 
@@ -543,21 +578,76 @@ def _is_excursion(o: TrackedObject, target: TrackedObject) -> bool:
     return through >= 0.6
 
 
+def _pooled_support(o: TrackedObject, by_id: dict[int, TrackedObject]) -> int:
+    """A container's points together with those of the parts seeded with it (shared seeding points
+    once): the parts of a structure split its points among themselves (small masks inside an aortic
+    lumen take the later points, as the smallest holders), and a drift must not win because of it."""
+    parts = [by_id[p] for p in o.parts if p in by_id]
+    return o.total_support + sum(p.total_support - sum(p.shared.values()) for p in parts)
+
+
+def _family_slices(target: TrackedObject, by_id: dict[int, TrackedObject]) -> TrackedObject:
+    """The object with its parts' points added to its own (for the excursion test)."""
+    family = TrackedObject(target.oid, target.masks, target.scores, dict(target.support))
+    for p in target.parts:
+        if p in by_id:
+            for t, n in by_id[p].support.items():
+                family.support[t] = family.support.get(t, 0) + n
+    return family
+
+
+def _best_member(head: TrackedObject, by_id: dict[int, TrackedObject]) -> TrackedObject:
+    """The best-supported of an object and the parts seeded with it. The seeding points that a part
+    shares with its container count for the part only: otherwise the container wins every tie."""
+    parts = [by_id[p] for p in head.parts if p in by_id]
+    own = head.total_support - sum(sum(p.shared.values()) for p in parts)
+    return min([(own, head), *((p.total_support, p) for p in parts)], key=lambda x: (-x[0], x[1].oid))[1]
+
+
+def _own_support(o: TrackedObject, target: TrackedObject) -> int:
+    """``o``'s points less the seeding points it shares with the target (when the target is its part)."""
+    return o.total_support - (sum(target.shared.values()) if target.oid in o.parts else 0)
+
+
 def select(objects: list[TrackedObject], params: TrackingParams) -> tuple[list[int], dict[int, str]]:
+    """The target, and the other objects kept with it.
+
+    The target comes from the best family: an object with the parts seeded with it, ranked by their
+    pooled points. Within it, the best-supported member is the target: the part where the curve
+    follows the part (a vein inside the liver), the container where the parts are fragments (specks
+    inside an aortic lumen). Without part hypotheses every family is one object."""
     if not objects:
         return [], {}
-    ranked = sorted(objects, key=lambda o: (-o.total_support, o.oid))
-    target = ranked[0]
+    by_id = {o.oid: o for o in objects}
+    pooled = {o.oid: _pooled_support(o, by_id) for o in objects}
+    head = min(objects, key=lambda o: (-pooled[o.oid], -o.total_support, o.oid))
+    target = _best_member(head, by_id)
+    # the best-supported family's target can itself be a drift: its points take over on a stretch that
+    # another family's points bracket on both sides while that family continues through it. Then the
+    # other is the structure (when it has at least half the points: a drift never outnumbers it by more).
+    family = {head.oid} | head.parts
+    around = [o for o in objects if o.oid not in family and pooled[o.oid] >= 0.5 * pooled[head.oid]
+              and _is_excursion(target, _family_slices(o, by_id))
+              and not _is_excursion(o, _family_slices(target, by_id))]
+    if around:
+        head = min(around, key=lambda o: (-pooled[o.oid], o.oid))
+        target = _best_member(head, by_id)
+    ranked = [target] + sorted((o for o in objects if o is not target), key=lambda o: (-o.total_support, o.oid))
     kept, reasons = [target.oid], {target.oid: f"target: {target.total_support} points"}
     if target.total_support == 0:
         return [], {target.oid: "no points inside any object"}
+    if head is not target or target.parts:
+        reasons[target.oid] += f" ({pooled[head.oid]} with the parts seeded with it)"
+    if around:
+        reasons[target.oid] += "; the better-supported family was a drift excursion from it"
     floor = max(params.min_support_points, params.min_support_fraction * target.total_support)
+    family = _family_slices(target, by_id)
     for o in ranked[1:]:
-        if o.total_support < floor:
-            reasons[o.oid] = f"rejected: {o.total_support} points, fewer than {floor:.0f}"
-        elif _is_excursion(o, target):
+        if pooled[o.oid] < floor:
+            reasons[o.oid] = f"rejected: {pooled[o.oid]} points with its parts, fewer than {floor:.0f}"
+        elif _is_excursion(o, family):
             reasons[o.oid] = f"rejected: a drift excursion from the target ({o.total_support} points)"
-        elif _contains(o, target) and o.total_support < 0.5 * target.total_support:
+        elif _contains(o, target) and _own_support(o, target) < 0.5 * target.total_support:
             reasons[o.oid] = f"rejected: a larger region around the target ({o.total_support} points)"
         else:
             kept.append(o.oid)

@@ -126,7 +126,7 @@ def _group(points: np.ndarray, spacing_rc: tuple[float, float], distance_mm: flo
 
 
 def slice_prompts(centerline: Centerline, volume: Volume, group_distance_mm: float = 10.0,
-                  in_plane: bool = False) -> SlicePrompts:
+                  in_plane: bool = True) -> SlicePrompts:
     """Per-slice point prompts of a centerline in ``volume``'s (slice, row, col) frame.
 
     Points outside the volume are dropped. ``group_distance_mm`` separates crossings on one slice
