@@ -107,3 +107,5 @@ def test_the_structure_radius_does_not_step_when_one_point_moves():
     assert radius(depths) % RADIUS_STEP_PX == 0 and 4.0 <= radius(depths) <= 7.0, radius(depths)
     far = [d + 4 for d in depths]
     assert radius(far) >= radius(depths) + 3.0, "the radius still follows the structure"
+    for few in ([3], [1, 2], [1, 2, 9]):  # any number of points gives a radius
+        assert np.isfinite(radius(few)) and radius(few) >= RADIUS_STEP_PX

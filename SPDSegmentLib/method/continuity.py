@@ -9,8 +9,9 @@ neighbour, the target does not stop: it continues on those slices, only without 
    edge), confident (SAM's predicted IoU) and *stable* (the next larger box gives the same mask),
    so the extent comes from the image, not from a constant. A box that SAM fills completely, or
    one on a blank patch, is no seed: on an uninformative slice nothing counts as evidence.
-   (Experimental, off by default: ``part_hypotheses`` also seeds the enclosed part of a much larger
-   chosen mask, ``seed_piece_mm`` seeds long in-plane groups in pieces.)
+   Where the chosen mask is much larger than the smallest enclosed mask holding the point, both are
+   seeded, as a *container* and its *part* (``part_hypotheses``); a group that runs along the slice
+   (the curve in the plane) seeds in pieces (``seed_piece_mm``).
 2. **Tracking.** Every object is carried to the next slice with a box around its mask, decoded by
    SAM, and kept only when the new mask passes the gates (predicted IoU, overlap with the previous
    mask, area change). A mask that runs along its box's edge is re-decoded once with a larger box
@@ -18,11 +19,13 @@ neighbour, the target does not stop: it continues on those slices, only without 
    Objects keep going through slices without points for as long as they have been supported, so
    the target bridges gaps and drift stretches of any length. Objects that meet are merged.
    Objects that start late are also tracked backwards.
-3. **Selection.** Each object is supported by the points inside it. The best-supported object is
-   the target. Another object is kept when it is well supported, unless it is an *excursion*: its
-   points take over from the target's on a stretch of slices that the target's own points bracket
-   on both sides, while the target itself continues through that stretch. That is a drift, however
-   long it is.
+3. **Selection.** Each object is supported by the points inside it (a point is the smallest
+   holder's). Objects are ranked as families, a container with its parts, their points pooled; the
+   best-supported member of the best family is the target. Another object is kept when it is well
+   supported, unless it is an *excursion*: its points take over from the target's on a stretch of
+   slices that the target's own points bracket on both sides, while the target itself continues
+   through that stretch. That is a drift, however long it is. (When the best family's target is
+   itself such an excursion from another family, that family is the structure.)
 
 The result is one map per slice (1 on the kept objects, 0 elsewhere): a saliency prior with the same
 contract as the others, so CPD and rendering are unchanged. It also reports, per slice, the masks
@@ -52,8 +55,7 @@ class TrackingParams:
     stable_dice: float = 0.7  # (nearly) the same mask from the next larger box
     grow_score_margin: float = 0.05  # a larger enclosing mask replaces a seed when SAM is this much surer
     grow_area_limit: float = 3.0  # ... and it is at most this many times larger (a lumen's vessel, not the body)
-    # Experimental, off by default (docs/method.md, "Experimental seed rules"): they raised the mean DSC of
-    # the evaluation but let the CTA drift in Testing/test_continuity.py become the target.
+    # seed rules (docs/method.md, "How the seed rules were measured"); False / None switch them off
     part_hypotheses: bool = True  # also seed the enclosed part of a much larger chosen mask
     part_area_ratio: float = 3.0  # a seed mask this many times larger than an enclosed part holding the point:
     #                               both are hypotheses (the vessel inside the liver, or a patch of the liver)
@@ -245,8 +247,8 @@ class Tracker:
         sizes as long as their mask is enclosed, contains the current one and SAM is clearly more
         confident (a lumen inside a vessel wall, a patch inside an organ grow to the whole). When no
         size is stable, the enclosed mask SAM is surest of, which is often a container: SAM scores
-        a whole liver higher than the thin vein inside it. So, with ``part_hypotheses`` (experimental,
-        off by default), whenever the main mask is much larger than the smallest enclosed, confident
+        a whole liver higher than the thin vein inside it. So, with ``part_hypotheses`` (the default),
+        whenever the main mask is much larger than the smallest enclosed, confident
         mask that holds the point, and covers it, that *part* is a second hypothesis. Both are
         tracked and count the seeding point; later points go to the smallest holder, so the whole
         curve decides (the vein's points stay inside the vein; a patch of an organ loses the curve's
@@ -586,7 +588,7 @@ def _pooled_support(o: TrackedObject, by_id: dict[int, TrackedObject]) -> int:
     return o.total_support + sum(p.total_support - sum(p.shared.values()) for p in parts)
 
 
-def _family_slices(target: TrackedObject, by_id: dict[int, TrackedObject]) -> TrackedObject:
+def _with_parts_support(target: TrackedObject, by_id: dict[int, TrackedObject]) -> TrackedObject:
     """The object with its parts' points added to its own (for the excursion test)."""
     family = TrackedObject(target.oid, target.masks, target.scores, dict(target.support))
     for p in target.parts:
@@ -627,8 +629,8 @@ def select(objects: list[TrackedObject], params: TrackingParams) -> tuple[list[i
     # other is the structure (when it has at least half the points: a drift never outnumbers it by more).
     family = {head.oid} | head.parts
     around = [o for o in objects if o.oid not in family and pooled[o.oid] >= 0.5 * pooled[head.oid]
-              and _is_excursion(target, _family_slices(o, by_id))
-              and not _is_excursion(o, _family_slices(target, by_id))]
+              and _is_excursion(target, _with_parts_support(o, by_id))
+              and not _is_excursion(o, _with_parts_support(target, by_id))]
     if around:
         head = min(around, key=lambda o: (-pooled[o.oid], o.oid))
         target = _best_member(head, by_id)
@@ -641,7 +643,7 @@ def select(objects: list[TrackedObject], params: TrackingParams) -> tuple[list[i
     if around:
         reasons[target.oid] += "; the better-supported family was a drift excursion from it"
     floor = max(params.min_support_points, params.min_support_fraction * target.total_support)
-    family = _family_slices(target, by_id)
+    family = _with_parts_support(target, by_id)
     for o in ranked[1:]:
         if pooled[o.oid] < floor:
             reasons[o.oid] = f"rejected: {pooled[o.oid]} points with its parts, fewer than {floor:.0f}"

@@ -131,8 +131,9 @@ def slice_prompts(centerline: Centerline, volume: Volume, group_distance_mm: flo
 
     Points outside the volume are dropped. ``group_distance_mm`` separates crossings on one slice
     (the two limbs of the aortic arch are centimetres apart; jitter around one crossing is not).
-    ``in_plane`` also samples the pieces of a curve that run inside a slice (:func:`_in_plane_samples`;
-    experimental, off by default: measured only together with the experimental seed rules).
+    ``in_plane`` (the default) also samples the pieces of a curve that run inside a slice
+    (:func:`_in_plane_samples`): one crossing per slice would prompt only one spot of a vessel that
+    runs along the slice.
     """
     src = volume.ras_to_src(centerline.points_ras)
     if centerline.ordered and len(src) > 1:

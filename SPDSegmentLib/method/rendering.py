@@ -54,8 +54,8 @@ def structure_radius_px(saliency: dict[int, np.ndarray], points: dict[int, list]
     if not radii:
         return default_px
     values = np.sort(np.asarray(radii))
-    low, high = np.percentile(values, [25, 75])
-    middle = values[(values >= low) & (values <= high)]
+    quarter = len(values) // 4
+    middle = values[quarter: len(values) - quarter]  # never empty
     return max(RADIUS_STEP_PX, RADIUS_STEP_PX * round(float(middle.mean()) / RADIUS_STEP_PX))
 
 
