@@ -222,6 +222,24 @@ def test_a_vein_the_curve_follows_inside_an_organ_is_the_target_not_the_organ():
     assert "larger region" in reasons[0], reasons
 
 
+def test_two_clicks_inside_a_vessel_choose_the_vessel_not_the_lumen_part_seeded_with_it():
+    """Two clicks on consecutive slices in the middle of an aorta: the seed gives the aorta and,
+    as a part, the bright lumen inside it; the second click lands in the lumen too (the smallest
+    holder). A part needs points on 3 slices besides its seeding one to take over from its
+    container, so the aorta is the target; with the curve's points on 8 more slices, the part is."""
+    from SPDSegmentLib.method.continuity import TrackingParams, select
+
+    aorta = _object(0, _disc((24, 24), 12), range(4, 9), {5: 1})
+    lumen = _object(1, _disc((22, 22), 3), range(4, 9), {5: 1, 6: 1}, shared={5: 1})
+    lumen.seeded = {5}
+    aorta.parts = {1}
+    kept, reasons = select([aorta, lumen], TrackingParams())
+    assert reasons[0].startswith("target"), reasons
+    followed = _object(1, _disc((22, 22), 3), range(4, 15), {t: 1 for t in range(5, 15)}, shared={5: 1})
+    kept, reasons = select([aorta, followed], TrackingParams())
+    assert reasons[1].startswith("target"), reasons
+
+
 def test_a_point_belongs_to_the_smallest_mask_that_holds_it_whatever_the_order():
     """A point inside a vessel and 2 mm from a smaller speck beside it is the vessel's, in either
     order of the live objects (the speck is only near it; the vessel holds it)."""

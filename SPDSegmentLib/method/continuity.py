@@ -60,6 +60,8 @@ class TrackingParams:
     part_area_ratio: float = 3.0  # a seed mask this many times larger than an enclosed part holding the point:
     #                               both are hypotheses (the vessel inside the liver, or a patch of the liver)
     part_inside: float = 0.9  # fraction of the part that the container must cover
+    part_min_slices: int = 3  # slices a part needs points on, besides its seeding slices, to be the target
+    #                           rather than its container (two clicks do not tell a lumen from its vessel)
     seed_piece_mm: float | None = 12.0  # a slice's point group longer than this seeds in pieces (None: never)
     box_fill_limit: float = 0.92  # a mask filling its box this much is the box, not a structure
     min_texture: float = 2.0  # grey-level sd inside a seed box below which the patch is blank
@@ -598,10 +600,13 @@ def _with_parts_support(target: TrackedObject, by_id: dict[int, TrackedObject]) 
     return family
 
 
-def _best_member(head: TrackedObject, by_id: dict[int, TrackedObject]) -> TrackedObject:
+def _best_member(head: TrackedObject, by_id: dict[int, TrackedObject], min_slices: int) -> TrackedObject:
     """The best-supported of an object and the parts seeded with it. The seeding points that a part
-    shares with its container count for the part only: otherwise the container wins every tie."""
-    parts = [by_id[p] for p in head.parts if p in by_id]
+    shares with its container count for the part only: otherwise the container wins every tie. A
+    part needs points of its own on ``min_slices`` slices besides those it was seeded on: a curve of
+    two clicks in the middle of an aorta says nothing about the lumen inside it."""
+    parts = [by_id[p] for p in head.parts if p in by_id
+             and len(set(by_id[p].support_slices) - by_id[p].seeded) >= min_slices]
     own = head.total_support - sum(sum(p.shared.values()) for p in parts)
     return min([(own, head), *((p.total_support, p) for p in parts)], key=lambda x: (-x[0], x[1].oid))[1]
 
@@ -622,8 +627,9 @@ def select(objects: list[TrackedObject], params: TrackingParams) -> tuple[list[i
         return [], {}
     by_id = {o.oid: o for o in objects}
     pooled = {o.oid: _pooled_support(o, by_id) for o in objects}
-    head = min(objects, key=lambda o: (-pooled[o.oid], -o.total_support, o.oid))
-    target = _best_member(head, by_id)
+    inside = {p for o in objects for p in o.parts}
+    head = min(objects, key=lambda o: (-pooled[o.oid], o.oid in inside, -o.total_support, o.oid))
+    target = _best_member(head, by_id, params.part_min_slices)
     # the best-supported family's target can itself be a drift: its points take over on a stretch that
     # another family's points bracket on both sides while that family continues through it. Then the
     # other is the structure (when it has at least half the points: a drift never outnumbers it by more).
@@ -633,7 +639,7 @@ def select(objects: list[TrackedObject], params: TrackingParams) -> tuple[list[i
               and not _is_excursion(o, _with_parts_support(target, by_id))]
     if around:
         head = min(around, key=lambda o: (-pooled[o.oid], o.oid))
-        target = _best_member(head, by_id)
+        target = _best_member(head, by_id, params.part_min_slices)
     ranked = [target] + sorted((o for o in objects if o is not target), key=lambda o: (-o.total_support, o.oid))
     kept, reasons = [target.oid], {target.oid: f"target: {target.total_support} points"}
     if target.total_support == 0:
