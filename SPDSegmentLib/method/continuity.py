@@ -95,6 +95,11 @@ class TrackedObject:
         return int(sum(self.support.values()))
 
     @property
+    def shared_total(self) -> int:
+        """Seeding points counted for its container as well (a part's)."""
+        return int(sum(self.shared.values()))
+
+    @property
     def support_slices(self) -> list[int]:
         return sorted(t for t, n in self.support.items() if n > 0)
 
@@ -587,7 +592,7 @@ def _pooled_support(o: TrackedObject, by_id: dict[int, TrackedObject]) -> int:
     once): the parts of a structure split its points among themselves (small masks inside an aortic
     lumen take the later points, as the smallest holders), and a drift must not win because of it."""
     parts = [by_id[p] for p in o.parts if p in by_id]
-    return o.total_support + sum(p.total_support - sum(p.shared.values()) for p in parts)
+    return o.total_support + sum(p.total_support - p.shared_total for p in parts)
 
 
 def _with_parts_support(target: TrackedObject, by_id: dict[int, TrackedObject]) -> TrackedObject:
@@ -607,13 +612,13 @@ def _best_member(head: TrackedObject, by_id: dict[int, TrackedObject], min_slice
     two clicks in the middle of an aorta says nothing about the lumen inside it."""
     parts = [by_id[p] for p in head.parts if p in by_id
              and len(set(by_id[p].support_slices) - by_id[p].seeded) >= min_slices]
-    own = head.total_support - sum(sum(p.shared.values()) for p in parts)
+    own = head.total_support - sum(p.shared_total for p in parts)
     return min([(own, head), *((p.total_support, p) for p in parts)], key=lambda x: (-x[0], x[1].oid))[1]
 
 
 def _own_support(o: TrackedObject, target: TrackedObject) -> int:
     """``o``'s points less the seeding points it shares with the target (when the target is its part)."""
-    return o.total_support - (sum(target.shared.values()) if target.oid in o.parts else 0)
+    return o.total_support - (target.shared_total if target.oid in o.parts else 0)
 
 
 def select(objects: list[TrackedObject], params: TrackingParams) -> tuple[list[int], dict[int, str]]:
@@ -633,8 +638,8 @@ def select(objects: list[TrackedObject], params: TrackingParams) -> tuple[list[i
     # the best-supported family's target can itself be a drift: its points take over on a stretch that
     # another family's points bracket on both sides while that family continues through it. Then the
     # other is the structure (when it has at least half the points: a drift never outnumbers it by more).
-    family = {head.oid} | head.parts
-    around = [o for o in objects if o.oid not in family and pooled[o.oid] >= 0.5 * pooled[head.oid]
+    members = {head.oid} | head.parts
+    around = [o for o in objects if o.oid not in members and pooled[o.oid] >= 0.5 * pooled[head.oid]
               and _is_excursion(target, _with_parts_support(o, by_id))
               and not _is_excursion(o, _with_parts_support(target, by_id))]
     if around:

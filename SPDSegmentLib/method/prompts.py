@@ -2,8 +2,8 @@
 
 A curve (ordered polyline, any density) yields, on every slice, the points where its segments cross
 the slice plane, interpolated exactly: a tortuous curve (aortic arch, bowel loop) crosses a slice
-several times (optionally, where the curve runs inside a slice for more than two slice thicknesses,
-that slice also gets points along the run, one per slice thickness). A point list yields the points
+several times; where the curve runs inside a slice for more than two slice thicknesses, that
+slice also gets points along the run, one per slice thickness (``in_plane``, the default). A point list yields the points
 within half a voxel of each slice. On each slice the points are then grouped by in-plane proximity,
 so separate crossings stay separate prompt groups.
 """
