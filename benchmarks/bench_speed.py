@@ -12,7 +12,7 @@ machine is noisy: compare the ratios, not absolute seconds across runs).
 5. a re-run after one point moves (what "update on edit" does), in total and per affected slice;
 6. peak resident memory of a run on a 512 x 512 x 300 CT (the DICOM sample resampled, here only);
 7. segment-batch on Dask with 2 workers vs a serial run of the same studies;
-8. with CUDA: encoder slices/s in fp32 and under fp16 autocast, batched.
+8. GPU figures: see benchmarks/bench_gpu.py.
 """
 from __future__ import annotations
 
@@ -218,25 +218,9 @@ def batch(device: str) -> None:
 def gpu() -> None:
     import torch
 
-    if not torch.cuda.is_available():
-        print("8. GPU: no CUDA device here; the script measures fp32 vs fp16-autocast batched encoding where one exists")
-        return
-    volume = read_volume(sample_data.path("cta/image.nii.gz"))
-    window = volume_window(volume, "ct-angio")
-    slices = [window.apply(s) for s in volume.slices()]
-    for mode in ("off", "fp16"):
-        import os
-
-        os.environ["SPDSEGMENT_AUTOCAST"] = mode
-        backend = load_backend("litemedsam", device="cuda")
-        backend.embed_many(slices[:8])
-        _fresh(backend)
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        backend.embed_many(slices)
-        torch.cuda.synchronize()
-        print(f"8. GPU {torch.cuda.get_device_name()}: encoder {'fp32' if mode == 'off' else mode}, batched: "
-              f"{len(slices) / (time.perf_counter() - start):.1f} slices/s")
+    where = f"CUDA device {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "no CUDA device here"
+    print(f"8. GPU ({where}): benchmarks/bench_gpu.py prints the encoder's slices/s in fp32, fp16 and bf16, "
+          "what autocast changes in the masks, and SPD vs plain SAM on CUDA")
 
 
 def main() -> None:

@@ -166,9 +166,30 @@ class SamBackend:
     def input_size(self) -> int:
         return int(self.sam.image_encoder.img_size)
 
+    @property
+    def precision(self) -> str:
+        """What the encoder computes in: ``fp32``, or on CUDA the autocast type (``fp16`` by default,
+        ``SPDSEGMENT_AUTOCAST=bf16`` or ``off``). Read at each call, so a benchmark can switch it."""
+        if self.device == "cpu" or self._onnx_encoder is not None:
+            return "fp32"
+        mode = os.environ.get("SPDSEGMENT_AUTOCAST", "fp16")
+        return mode if mode in ("fp16", "bf16") else "fp32"
+
+    def _autocast(self):
+        import torch
+
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
+        return torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None)
+
+    def _key(self, slice_u8: np.ndarray) -> str:
+        """Cache key: an fp16 embedding is never served to an fp32 run (or the other way round), also
+        from a cache folder that both share; fp32 keys are the plain ones, so existing caches stay valid."""
+        tag = "" if self.precision == "fp32" else f"-{self.precision}"
+        return self.cache.key(self.identity + tag, slice_u8)
+
     def embed(self, slice_u8: np.ndarray) -> SliceEmbedding:
         """Image embedding of one 8-bit slice, from the cache when this slice was seen before."""
-        key = self.cache.key(self.identity, slice_u8)
+        key = self._key(slice_u8)
         cached = self.cache.get(key)
         if cached is not None:
             return cached
@@ -179,8 +200,9 @@ class SamBackend:
                 x, original_size, input_size = self.encoder_input(slice_u8)
                 emb = SliceEmbedding(self._onnx_encoder(x), original_size, input_size)
             else:
-                self.predictor.set_image(slice_to_rgb(slice_u8), image_format="RGB")
-                emb = SliceEmbedding(self.predictor.features.detach().to("cpu"),
+                with self._autocast():  # the same precision as embed_many's batches
+                    self.predictor.set_image(slice_to_rgb(slice_u8), image_format="RGB")
+                emb = SliceEmbedding(self.predictor.features.detach().float().to("cpu"),
                                      tuple(self.predictor.original_size), tuple(self.predictor.input_size))
         self.encode_calls += 1
         self.cache.put(key, emb)
@@ -193,7 +215,7 @@ class SamBackend:
         measured slower there). ``progress(done, total)`` after each slice or batch."""
         import torch
 
-        keys = [self.cache.key(self.identity, s) for s in slices_u8]
+        keys = [self._key(s) for s in slices_u8]
         out: list[SliceEmbedding | None] = [self.cache.get(k) for k in keys]
         missing = [i for i, e in enumerate(out) if e is None]
         if self.device == "cpu" or self._onnx_encoder is not None:
@@ -202,13 +224,11 @@ class SamBackend:
                 if progress:
                     progress(done + 1, len(missing))
             return out  # type: ignore[return-value]
-        mode = os.environ.get("SPDSEGMENT_AUTOCAST", "fp16")
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mode)
         for start in range(0, len(missing), batch_size):
             chunk = missing[start:start + batch_size]
             inputs = [self.encoder_input(slices_u8[i]) for i in chunk]
             x = torch.cat([inp[0] for inp in inputs])
-            with torch.no_grad(), torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+            with torch.no_grad(), self._autocast():
                 features = self.sam.image_encoder(x).float().cpu()
             for j, i in enumerate(chunk):
                 emb = SliceEmbedding(features[j:j + 1].clone(), inputs[j][1], inputs[j][2])

@@ -1,0 +1,71 @@
+"""The CUDA path on a real CT slice: batched autocast encoding agrees with one-slice encoding, fp16
+embeddings are cached apart from fp32 ones, and fp16 masks agree with fp32 masks. Skipped without a
+GPU (CI has none); run on a CUDA machine. There ``SPDSEGMENT_GPU_BUNDLE`` may name the bundle that
+``benchmarks/bench_gpu.py --prepare`` writes, for a machine without SimpleITK."""
+from __future__ import annotations
+
+import os
+
+from SPDSegmentLib.sam.embedding_cache import EmbeddingCache
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def slices():
+    from SPDSegmentLib.method.windowing import volume_window
+
+    bundle = os.environ.get("SPDSEGMENT_GPU_BUNDLE")
+    if bundle:
+        from SPDSegmentLib.volume import Volume
+
+        data = np.load(bundle)
+        volume = Volume(data["array"], data["ijk_to_ras"], "cta", "CT")
+    else:
+        from SPDSegmentLib.evaluation import sample_data
+        from SPDSegmentLib.io import read_volume
+
+        volume = read_volume(sample_data.path("cta/image.nii.gz"), "cta")
+    window = volume_window(volume, "ct-angio")
+    return [window.apply(volume.slices()[t]) for t in (70, 90)]
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 1.0 if a.sum() + b.sum() == 0 else 2 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+def test_autocast_embeddings_are_consistent_and_cached_apart(slices, monkeypatch):
+    from SPDSegmentLib.sam.backend import load_backend
+
+    monkeypatch.setenv("SPDSEGMENT_AUTOCAST", "fp16")
+    half = load_backend("litemedsam", device="cuda")
+    assert half.precision == "fp16"
+    batched = half.embed_many(slices)
+
+    half.cache = EmbeddingCache()
+    single = [half.embed(s) for s in slices]
+    for a, b in zip(batched, single):  # one slice or a batch: the same precision, nearly the same numbers
+        assert float((a.features - b.features).abs().max()) < 2e-2 * float(a.features.abs().max())
+    key_half = half._key(slices[0])
+    monkeypatch.setenv("SPDSEGMENT_AUTOCAST", "off")
+    assert half.precision == "fp32" and half._key(slices[0]) != key_half
+    assert half.cache.get(half._key(slices[0])) is None  # the fp16 embedding is not served to fp32
+
+
+def test_fp16_masks_agree_with_fp32(slices, monkeypatch):
+    from SPDSegmentLib.sam.backend import load_backend
+
+    h, w = slices[0].shape
+    boxes = np.array([[h * 0.3, w * 0.3, h * 0.6, w * 0.6], [h * 0.4, w * 0.45, h * 0.55, w * 0.6]])
+    masks = {}
+    for mode in ("off", "fp16"):
+        monkeypatch.setenv("SPDSEGMENT_AUTOCAST", mode)
+        backend = load_backend("litemedsam", device="cuda")
+        masks[mode] = [backend.decode_boxes(e, boxes)[0] for e in backend.embed_many(slices)]
+    for a, b in zip(masks["off"], masks["fp16"]):
+        for x, y in zip(a, b):
+            assert x.any() and _dice(x, y) > 0.97
