@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import os
 
-from SPDSegmentLib.sam.embedding_cache import EmbeddingCache
-
 import numpy as np
 import pytest
+
+from SPDSegmentLib.sam.embedding_cache import EmbeddingCache
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
