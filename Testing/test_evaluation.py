@@ -103,3 +103,26 @@ def test_a_case_with_its_own_curve_and_no_case_json_is_evaluated_on_that_curve(c
     by = {(r["method"], r["severity"]): r["dsc"] for r in rows}
     assert by[("spd", "mild")] == by[("spd", "severe")], "a given curve does not depend on the noise level"
     assert by[("spd", "mild")] > 0.4
+
+
+def test_a_failing_case_is_reported_and_the_others_go_on(case_dir, backend, tmp_path, capsys):
+    """One broken study (here a curve file that is not markups JSON) must not cost a cohort's run: it is
+    left out whole, listed in the report and failures.json, and the CLI exits 1 after the others ran."""
+    from SPDSegmentLib.frontends.cli import main
+
+    cases = tmp_path / "cohort"
+    shutil.copytree(case_dir / "abdomen_mr_aorta", cases / "a_broken")
+    shutil.copytree(case_dir / "abdomen_mr_aorta", cases / "b_good")
+    (cases / "a_broken" / "centerline.mrk.json").write_text("{ this is not JSON")
+    failures: list[dict] = []
+    rows = run_evaluation(cases, tmp_path / "out", backend, EvalConfig(methods=("raw", "spd"), severities=("mild",)),
+                          log=lambda *_: None, failures=failures)
+    assert {r["case"] for r in rows} == {"b_good"} and len(rows) == 2
+    assert [f["case"] for f in failures] == ["a_broken"] and "JSON" in failures[0]["error"].upper()
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "Cases that failed" in report and "a_broken" in report
+    assert json.loads((tmp_path / "out" / "failures.json").read_text())[0]["case"] == "a_broken"
+    code = main(["evaluate", "--cases", str(cases), "--out", str(tmp_path / "cli"), "--methods", "raw",
+                 "--severity", "mild", "--device", "cpu"])
+    assert code == 1 and "a_broken" in capsys.readouterr().err
+    assert {r["case"] for r in csv.DictReader(open(tmp_path / "cli" / "results.csv"))} == {"b_good"}

@@ -267,8 +267,17 @@ def write_csv(rows: list[dict], path: Path) -> None:
             writer.writerow({k: (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k]) for k in COLUMNS})
 
 
-def run_evaluation(cases_dir: str | Path, out_dir: str | Path, backend, config: EvalConfig, log=print) -> list[dict]:
+def run_evaluation(cases_dir: str | Path, out_dir: str | Path, backend, config: EvalConfig, log=print,
+                   failures: list[dict] | None = None) -> list[dict]:
+    """Evaluate every case at every severity; returns the rows of results.csv.
+
+    A case that raises (a damaged file, a curve outside the image, a bug) is reported and left out,
+    whole, and the other cases go on, as in ``segment-batch``: one bad study must not cost the hours
+    of a cohort's run. Each failure is logged, listed in the report and in ``failures.json``, and
+    appended to ``failures`` when the caller passes a list. If every case fails, it raises."""
     from .report import write_report
+
+    failures = failures if failures is not None else []
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -294,15 +303,33 @@ def run_evaluation(cases_dir: str | Path, out_dir: str | Path, backend, config: 
             if i:
                 bar.update(1)
 
+        done = []
         for case in cases:
+            case_rows, case_art = [], {}
             for severity in config.severities:
-                case_rows, art = evaluate_case(case, backend, config, severity, progress, second)
+                try:
+                    found, art = evaluate_case(case, backend, config, severity, progress, second)
+                except Exception as exc:  # noqa: BLE001 -- any failure of one case; Ctrl-C still stops the run
+                    first = str(exc).splitlines()[0][:300] if str(exc) else ""
+                    failures.append({"case": case.name, "severity": severity, "error": f"{type(exc).__name__}: {first}"})
+                    log(f"case {case.name} ({severity}) failed: {type(exc).__name__}: {first}; it is left out "
+                        "of the results and the other cases go on")
+                    break
                 bar.update(1)
+                case_rows += found
+                case_art[(case.name, severity)] = art
+            else:  # every severity ran: the case counts
                 rows += case_rows
-                artefacts[(case.name, severity)] = art
+                artefacts.update(case_art)
+                done.append(case)
                 write_csv(rows, out / "results.csv")  # keep partial results if interrupted
             backend.cache.clear(disk=False)  # embeddings of finished cases are not needed again
-    write_report(rows, artefacts, cases, config, out)
+    (out / "failures.json").unlink(missing_ok=True)
+    if failures:
+        (out / "failures.json").write_text(json.dumps(failures, indent=2))
+    if not done:
+        raise RuntimeError(f"every case failed; the first: {failures[0]['case']}: {failures[0]['error']}")
+    write_report(rows, artefacts, done, config, out, failures)
     meta = {**config.__dict__, "backend": backend.identity, "device": backend.device, "runtime": backend.runtime}
     (out / "config.json").write_text(json.dumps(meta, indent=2, default=str))
     log(f"results: {out / 'results.csv'}; report: {out / 'report.md'}")

@@ -213,7 +213,8 @@ def trained_prior_lines(rows: list[dict], artefacts: dict, severities) -> list[s
     return lines + [""]
 
 
-def write_report(rows: list[dict], artefacts: dict, cases, config, out: Path) -> Path:
+def write_report(rows: list[dict], artefacts: dict, cases, config, out: Path,
+                 failures: list[dict] | None = None) -> Path:
     severities = list(config.severities)
     methods = list(dict.fromkeys(r["method"] for r in rows))
     groups = _group_of(cases)
@@ -223,9 +224,13 @@ def write_report(rows: list[dict], artefacts: dict, cases, config, out: Path) ->
              f"`{config.second_prior or 'intensity'}`; τ {config.tau or 'prior default'}; n = {config.context}; "
              f"seed {config.seed}.",
              "Scores are agreement with the case labels (for the bundled data: TotalSegmentator output, "
-             "not manual tracings).", "", DEVELOPMENT_NOTE, "",
-             "## Headline: raw prompts vs SPD (mean ± sd DSC over cases)", "",
-             "| severity | cases | raw | spd | spd − raw | Wilcoxon p |", "|---|---|---|---|---|---|"]
+             "not manual tracings).", "", DEVELOPMENT_NOTE, ""]
+    if failures:
+        lines += ["## Cases that failed (left out of every table below)", "",
+                  "| case | severity | error |", "|---|---|---|"]
+        lines += [f"| {f['case']} | {f['severity']} | {f['error'].replace('|', '/')} |" for f in failures] + [""]
+    lines += ["## Headline: raw prompts vs SPD (mean ± sd DSC over cases)", "",
+              "| severity | cases | raw | spd | spd − raw | Wilcoxon p |", "|---|---|---|---|---|---|"]
     for sev in severities:
         for name, members in [("all", None)] + [(g, {c for c, gg in groups.items() if gg == g}) for g in group_names]:
             sub = [r for r in rows if members is None or r["case"] in members]

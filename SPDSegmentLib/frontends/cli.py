@@ -322,7 +322,13 @@ def main(argv: list[str] | None = None) -> int:
             config = EvalConfig(methods=tuple(args.methods or METHODS), severities=tuple(args.severity),
                                 seed=args.seed, label_value=args.label_value, prior=args.prior,
                                 second_prior=second, tau=args.tau, context=args.context)
-            run_evaluation(args.cases, args.out, backend, config)
+            failures: list[dict] = []
+            run_evaluation(args.cases, args.out, backend, config, failures=failures)
+            if failures:
+                print(f"{len(failures)} case run(s) failed and were left out (listed in the report and in "
+                      f"{Path(args.out) / 'failures.json'}): " + ", ".join(f["case"] for f in failures),
+                      file=sys.stderr)
+                return 1
             return 0
         if args.command == "train-prior":
             from ..sam.backend import load_backend
