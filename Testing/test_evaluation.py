@@ -125,4 +125,5 @@ def test_a_failing_case_is_reported_and_the_others_go_on(case_dir, backend, tmp_
     code = main(["evaluate", "--cases", str(cases), "--out", str(tmp_path / "cli"), "--methods", "raw",
                  "--severity", "mild", "--device", "cpu"])
     assert code == 1 and "a_broken" in capsys.readouterr().err
-    assert {r["case"] for r in csv.DictReader(open(tmp_path / "cli" / "results.csv"))} == {"b_good"}
+    with open(tmp_path / "cli" / "results.csv") as f:
+        assert {r["case"] for r in csv.DictReader(f)} == {"b_good"}
