@@ -25,7 +25,10 @@ neighbour, the target does not stop: it continues on those slices, only without 
    supported, unless it is an *excursion*: its points take over from the target's on a stretch of
    slices that the target's own points bracket on both sides, while the target itself continues
    through that stretch. That is a drift, however long it is. (When the best family's target is
-   itself such an excursion from another family, that family is the structure.)
+   itself such an excursion from another family, that family is the structure.) A centerline runs
+   through the middle of its structure: an object whose points lie along its rim (``rim_depth``) is
+   a neighbour the curve runs beside, such as the liver beside the portal vein. It is never kept,
+   and within its family its parts are the candidates.
 
 The result is one map per slice (1 on the kept objects, 0 elsewhere): a saliency prior with the same
 contract as the others, so CPD and rendering are unchanged. It also reports, per slice, the masks
@@ -36,6 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import ndimage
 
 from .prompts import SlicePrompts
 
@@ -76,6 +80,9 @@ class TrackingParams:
     min_gap_slices: int = 6  # an object may cross at least this many slices without points
     min_support_fraction: float = 0.1  # of the target's support, for another object to be kept
     min_support_points: int = 3
+    rim_depth: float | None = 0.3  # median depth of its points, as a fraction of the mask's largest
+    #                                inscribed radius, below which the curve runs along an object's rim
+    rim_min_points: int = 3  # points inside it needed to call an object a rim (None above: never)
 
 
 @dataclass
@@ -87,6 +94,7 @@ class TrackedObject:
     seeded: set = field(default_factory=set)  # slices where a point seeded the mask
     parts: set = field(default_factory=set)  # oids of the part hypotheses seeded together with this mask
     shared: dict[int, int] = field(default_factory=dict)  # slice -> seeding points counted for a container too
+    depths: list = field(default_factory=list)  # its points' depths in its final masks, 0 (rim) to 1 (middle)
     unsupported_run: int = 0
     active: bool = True
 
@@ -106,6 +114,11 @@ class TrackedObject:
     def reference_area(self) -> float:
         areas = [float(self.masks[t].sum()) for t in self.seeded if t in self.masks]
         return float(np.median(areas)) if areas else float(next(iter(self.masks.values())).sum())
+
+    def on_rim(self, params: TrackingParams) -> bool:
+        """The curve runs along this object's rim, not through its middle (see ``rim_depth``)."""
+        return (params.rim_depth is not None and len(self.depths) >= params.rim_min_points
+                and float(np.median(self.depths)) < params.rim_depth)
 
     def max_gap(self, params: TrackingParams) -> int:
         """Slices it may cross without points: twice as many as it has supported slices (so the
@@ -498,6 +511,17 @@ class Tracker:
                     o.active = False
             live[:] = [o for o in live if o.active]
 
+    def _measure_depths(self) -> None:
+        """How deep the curve's points lie in each object's final masks (for the rim rule in select)."""
+        if self.params.rim_depth is None:
+            return
+        for o in self.objects:
+            o.depths = []
+            for t in o.support_slices:
+                points = [(p.row, p.col) for p in self.prompts.get(t, [])]
+                if t in o.masks and points:
+                    o.depths += point_depths(o.masks[t], np.array(points, dtype=float))
+
     def _link(self) -> None:
         """Join objects where one ends and another starts a few slices later at the same place
         (tracking lost the structure for a slice or two); the slices between take the nearer end's
@@ -545,8 +569,26 @@ class Tracker:
                 self._sweep(back, [o], extend_only=True)
         self._link()
         self._resolve_parts()
+        self._measure_depths()
         kept, reasons = select(self.objects, self.params)
         return TrackingResult(self.objects, kept, reasons, self.decodes)
+
+
+def point_depths(mask: np.ndarray, points_rc: np.ndarray) -> list[float]:
+    """Depth of each point inside ``mask``: its distance to the background over the mask's largest
+    such distance (1 in the middle, near 0 on the rim). Points outside the mask are skipped."""
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        return []
+    r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    crop = np.pad(mask[r0:r1, c0:c1], 1)  # the mask's box only: cheap even for a large organ
+    distance = ndimage.distance_transform_edt(crop)
+    peak = float(distance.max())
+    out = []
+    for r, c in np.round(points_rc).astype(int):
+        if r0 <= r < r1 and c0 <= c < c1 and mask[r, c]:
+            out.append(float(distance[r - r0 + 1, c - c0 + 1]) / peak)
+    return out
 
 
 def _contains(o: TrackedObject, target: TrackedObject, fraction: float = 0.5) -> bool:
@@ -557,6 +599,10 @@ def _contains(o: TrackedObject, target: TrackedObject, fraction: float = 0.5) ->
     inside = [np.logical_and(o.masks[t], target.masks[t]).sum() / max(target.masks[t].sum(), 1) for t in shared]
     return float(np.median(inside)) >= fraction and float(np.median([o.masks[t].sum() for t in shared])) > \
         1.5 * float(np.median([target.masks[t].sum() for t in shared]))
+
+
+def _median_area(o: TrackedObject) -> float:
+    return float(np.median([m.sum() for m in o.masks.values()]))
 
 
 def _centroid(mask: np.ndarray) -> np.ndarray:
@@ -605,13 +651,17 @@ def _with_parts_support(target: TrackedObject, by_id: dict[int, TrackedObject]) 
     return family
 
 
-def _best_member(head: TrackedObject, by_id: dict[int, TrackedObject], min_slices: int) -> TrackedObject:
+def _best_member(head: TrackedObject, by_id: dict[int, TrackedObject], params: TrackingParams) -> TrackedObject:
     """The best-supported of an object and the parts seeded with it. The seeding points that a part
     shares with its container count for the part only: otherwise the container wins every tie. A
-    part needs points of its own on ``min_slices`` slices besides those it was seeded on: a curve of
-    two clicks in the middle of an aorta says nothing about the lumen inside it."""
-    parts = [by_id[p] for p in head.parts if p in by_id
-             and len(set(by_id[p].support_slices) - by_id[p].seeded) >= min_slices]
+    part needs points of its own on ``part_min_slices`` slices besides those it was seeded on: a
+    curve of two clicks in the middle of an aorta says nothing about the lumen inside it. A container
+    whose points lie along its rim is no candidate while a part with points is: the curve runs
+    through the part, beside the container."""
+    supported = [by_id[p] for p in head.parts if p in by_id and by_id[p].total_support > 0]
+    if head.on_rim(params) and any(not p.on_rim(params) for p in supported):
+        return min((p for p in supported if not p.on_rim(params)), key=lambda p: (-p.total_support, p.oid))
+    parts = [p for p in supported if len(set(p.support_slices) - p.seeded) >= params.part_min_slices]
     own = head.total_support - sum(p.shared_total for p in parts)
     return min([(own, head), *((p.total_support, p) for p in parts)], key=lambda x: (-x[0], x[1].oid))[1]
 
@@ -633,8 +683,12 @@ def select(objects: list[TrackedObject], params: TrackingParams) -> tuple[list[i
     by_id = {o.oid: o for o in objects}
     pooled = {o.oid: _pooled_support(o, by_id) for o in objects}
     inside = {p for o in objects for p in o.parts}
-    head = min(objects, key=lambda o: (-pooled[o.oid], o.oid in inside, -o.total_support, o.oid))
-    target = _best_member(head, by_id, params.part_min_slices)
+
+    def off_curve(o: TrackedObject) -> bool:  # the whole family lies beside the curve
+        return o.on_rim(params) and all(by_id[p].on_rim(params) for p in o.parts if p in by_id)
+
+    head = min(objects, key=lambda o: (off_curve(o), -pooled[o.oid], o.oid in inside, -o.total_support, o.oid))
+    target = _best_member(head, by_id, params)
     # the best-supported family's target can itself be a drift: its points take over on a stretch that
     # another family's points bracket on both sides while that family continues through it. Then the
     # other is the structure (when it has at least half the points: a drift never outnumbers it by more).
@@ -644,7 +698,7 @@ def select(objects: list[TrackedObject], params: TrackingParams) -> tuple[list[i
               and not _is_excursion(o, _with_parts_support(target, by_id))]
     if around:
         head = min(around, key=lambda o: (-pooled[o.oid], o.oid))
-        target = _best_member(head, by_id, params.part_min_slices)
+        target = _best_member(head, by_id, params)
     ranked = [target] + sorted((o for o in objects if o is not target), key=lambda o: (-o.total_support, o.oid))
     kept, reasons = [target.oid], {target.oid: f"target: {target.total_support} points"}
     if target.total_support == 0:
@@ -658,6 +712,9 @@ def select(objects: list[TrackedObject], params: TrackingParams) -> tuple[list[i
     for o in ranked[1:]:
         if pooled[o.oid] < floor:
             reasons[o.oid] = f"rejected: {pooled[o.oid]} points with its parts, fewer than {floor:.0f}"
+        elif o.on_rim(params) and _median_area(o) > params.part_area_ratio * _median_area(target):
+            reasons[o.oid] = (f"rejected: its {o.total_support} points lie along its rim (median depth "
+                              f"{np.median(o.depths):.2f}): a larger neighbour the curve runs beside")
         elif _is_excursion(o, family):
             reasons[o.oid] = f"rejected: a drift excursion from the target ({o.total_support} points)"
         elif _contains(o, target) and _own_support(o, target) < 0.5 * target.total_support:
