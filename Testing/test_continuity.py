@@ -240,6 +240,60 @@ def test_two_clicks_inside_a_vessel_choose_the_vessel_not_the_lumen_part_seeded_
     assert reasons[1].startswith("target"), reasons
 
 
+def test_point_depth_is_one_in_the_middle_and_near_zero_on_the_rim():
+    from SPDSegmentLib.method.continuity import point_depths
+
+    mask = _disc((24, 24), 10)
+    depths = point_depths(mask, np.array([[24, 24], [24, 33], [24, 29], [2, 2]], dtype=float))
+    assert len(depths) == 3, "a point outside the mask has no depth"
+    assert depths[0] == 1.0 and depths[1] < 0.2 and 0.4 < depths[2] < 0.6, depths
+
+
+def test_a_neighbour_whose_rim_the_curve_runs_along_gives_way_to_the_part_it_runs_through():
+    """One seed gives the liver and, as a part, the portal vein beside its edge. The liver holds most
+    of the curve's points, but they lie along its rim (the vein runs at the liver's edge), and the
+    vein's own points are on too few slices to take over by count. The rim rule makes the vein the
+    target and rejects the liver; without it the liver is the target."""
+    from SPDSegmentLib.method.continuity import TrackingParams, select
+
+    liver = _object(0, _disc((24, 24), 18), range(10), {t: 4 for t in range(10)})
+    liver.depths = [0.1, 0.15, 0.2, 0.12, 0.18, 0.6, 0.1, 0.14]
+    vein = _object(1, _disc((24, 40), 3), range(10), {0: 3, 1: 3, 2: 2}, shared={0: 3})
+    vein.depths = [0.8, 0.7, 0.9, 0.6]
+    liver.parts = {1}
+    kept, reasons = select([liver, vein], TrackingParams())
+    assert kept == [1] and reasons[1].startswith("target"), reasons
+    assert "rim" in reasons[0], reasons
+    kept, reasons = select([liver, vein], TrackingParams(rim_depth=None))
+    assert reasons[0].startswith("target"), "the check above must depend on the rim rule"
+
+
+def test_the_liver_beside_the_portal_vein_is_not_taken_for_it(backend):
+    """Real CT (CT-DICOM sample), portal and splenic vein, clinical noise: SAM's surest enclosed mask
+    at the first seed is a large region beside the vein, with the curve's points along its rim. With
+    the rim rule the continuity target is a mask on the vein, and SPD's DSC rises."""
+    from SPDSegmentLib.evaluation.noise import simulate
+    from SPDSegmentLib.io import resample_like
+    from SPDSegmentLib.method.continuity import TrackingParams
+
+    volume = read_volume(sample_data.path("abdomen_ct_dicom/image"), "abdomen_ct_dicom")
+    value = next(v for v, name in sample_data.class_map("abdomen_ct_dicom").items()
+                 if name == "portal_vein_and_splenic_vein")
+    labels = resample_like(read_volume(sample_data.path("abdomen_ct_dicom/labels.nii.gz")), volume).array
+    label = (labels == value).astype(np.uint8)
+    ref = volume.with_array(label).slices() > 0
+    noisy = simulate(centerline_from_label(volume, label), volume, label, "clinical", seed=0).centerline
+    runs = {}
+    for name, params in (("rim rule", TrackingParams()), ("without", TrackingParams(rim_depth=None))):
+        prior = load_prior("sam-track", backend)
+        prior.params = params
+        result = segment(volume, noisy, backend, prior, SegmentParams(method="spd", intensity_preset="ct-abdomen"))
+        runs[name] = (_target_precision(prior.last, ref), dice(volume.with_array(result.mask).slices() > 0, ref))
+    assert runs["without"][0] < 0.1, "the case shows the failure: the target is the neighbour"
+    assert runs["rim rule"][0] > runs["without"][0] + 0.2, runs
+    assert runs["rim rule"][1] > runs["without"][1] + 0.1, runs
+
+
 def test_a_point_belongs_to_the_smallest_mask_that_holds_it_whatever_the_order():
     """A point inside a vessel and 2 mm from a smaller speck beside it is the vessel's, in either
     order of the live objects (the speck is only near it; the vessel holds it)."""
