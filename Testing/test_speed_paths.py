@@ -36,6 +36,23 @@ def test_onnx_encoder_matches_torch_embedding_and_masks(cta, torch_and_onnx):
     assert np.array_equal(torch_backend.decode(a, None, box).mask, onnx_backend.decode(b, None, box).mask)
 
 
+def test_the_predictor_switches_slices_between_decodes_in_torch(cta, torch_and_onnx):
+    """The torch path (the GPU's) hands each embedding to SAM's predictor before decoding. Decoding
+    slice A, then B, then A again must give what a fresh backend gives for each: a stale embedding
+    must never be decoded."""
+    volume, label = cta
+    torch_backend, _ = torch_and_onnx
+    window = volume_window(volume, "ct-angio")
+    boxes = {t: _label_boxes(volume, label, t)[0] for t in (60, 90)}
+    embs = {t: torch_backend.embed(window.apply(volume.slices()[t])) for t in (60, 90)}
+    fresh = load_backend("litemedsam", device="cpu", runtime="torch")
+    expected = {t: fresh.decode(fresh.embed(window.apply(volume.slices()[t])), None, boxes[t]).mask for t in (60, 90)}
+    assert not np.array_equal(expected[60], expected[90])
+    for t in (60, 90, 60):
+        torch_backend.decoded.clear()
+        assert np.array_equal(torch_backend.decode(embs[t], None, boxes[t]).mask, expected[t]), t
+
+
 def _label_boxes(volume, label, t: int) -> list[tuple[float, float, float, float]]:
     """Boxes on slice t from tight to loose around the label, and off-centre: the prior's kind of boxes."""
     rows, cols = np.nonzero(volume.with_array(label).slices()[t])
