@@ -268,6 +268,23 @@ def test_a_neighbour_whose_rim_the_curve_runs_along_gives_way_to_the_part_it_run
     assert reasons[0].startswith("target"), "the check above must depend on the rim rule"
 
 
+def test_a_family_beside_the_curve_gives_way_only_to_one_the_curve_runs_through():
+    """A well-supported object whose points lie near its wall (a displaced curve at severe noise)
+    stays the target against a speck of two points, about which nothing is known. It gives way to
+    an object the curve runs through when that one has at least half its points."""
+    from SPDSegmentLib.method.continuity import TrackingParams, select
+
+    vessel = _object(0, _disc((24, 24), 12), range(20), {t: 2 for t in range(20)})
+    vessel.depths = [0.2] * 30
+    speck = _object(1, _disc((6, 6), 2), range(3), {1: 2})
+    kept, reasons = select([vessel, speck], TrackingParams())
+    assert reasons[0].startswith("target"), reasons
+    through = _object(2, _disc((40, 40), 4), range(20), {t: 1 for t in range(20)})
+    through.depths = [0.7] * 20
+    kept, reasons = select([vessel, speck, through], TrackingParams())
+    assert reasons[2].startswith("target") and "rim" in reasons[0], reasons
+
+
 def test_the_liver_beside_the_portal_vein_is_not_taken_for_it(backend):
     """Real CT (CT-DICOM sample), portal and splenic vein, clinical noise: SAM's surest enclosed mask
     at the first seed is a large region beside the vein, with the curve's points along its rim. With

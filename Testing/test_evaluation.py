@@ -121,7 +121,16 @@ def test_a_failing_case_is_reported_and_the_others_go_on(case_dir, backend, tmp_
     assert [f["case"] for f in failures] == ["a_broken"] and "JSON" in failures[0]["error"].upper()
     report = (tmp_path / "out" / "report.md").read_text()
     assert "Cases that failed" in report and "a_broken" in report
-    assert json.loads((tmp_path / "out" / "failures.json").read_text())[0]["case"] == "a_broken"
+    saved = json.loads((tmp_path / "out" / "failures.json").read_text())
+    assert saved[0]["case"] == "a_broken" and "Traceback" in saved[0]["traceback"]
+    (cases / "b_good" / "centerline.mrk.json").write_text("[]")  # now every case fails: a clear error
+    with pytest.raises(ValueError, match="every case failed"):
+        run_evaluation(cases, tmp_path / "out", backend, EvalConfig(methods=("raw",), severities=("mild",)),
+                       log=lambda *_: None)
+    assert not (tmp_path / "out" / "report.md").exists(), "no report of an earlier run is left looking current"
+    assert len(json.loads((tmp_path / "out" / "failures.json").read_text())) == 2
+    shutil.rmtree(cases / "b_good")
+    shutil.copytree(case_dir / "abdomen_mr_aorta", cases / "b_good")
     code = main(["evaluate", "--cases", str(cases), "--out", str(tmp_path / "cli"), "--methods", "raw",
                  "--severity", "mild", "--device", "cpu"])
     assert code == 1 and "a_broken" in capsys.readouterr().err

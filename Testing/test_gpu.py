@@ -44,16 +44,17 @@ def test_autocast_embeddings_are_consistent_and_cached_apart(slices, monkeypatch
     monkeypatch.setenv("SPDSEGMENT_AUTOCAST", "fp16")
     half = load_backend("litemedsam", device="cuda")
     assert half.precision == "fp16"
-    batched = half.embed_many(slices)
-
+    batched = half.embed_many(slices, batch_size=1)
     half.cache = EmbeddingCache()
     single = [half.embed(s) for s in slices]
-    for a, b in zip(batched, single):  # one slice or a batch: the same precision, nearly the same numbers
-        assert float((a.features - b.features).abs().max()) < 2e-2 * float(a.features.abs().max())
+    for a, b in zip(batched, single):  # embed() and embed_many() compute in the same precision
+        assert float((a.features - b.features).abs().max()) < 1e-3 * float(a.features.abs().max())
     key_half = half._key(slices[0])
     monkeypatch.setenv("SPDSEGMENT_AUTOCAST", "off")
     assert half.precision == "fp32" and half._key(slices[0]) != key_half
     assert half.cache.get(half._key(slices[0])) is None  # the fp16 embedding is not served to fp32
+    full = half.embed(slices[0])  # fp32: measurably different, so the check above can fail
+    assert float((full.features - single[0].features).abs().max()) > 1e-4 * float(full.features.abs().max())
 
 
 def test_fp16_masks_agree_with_fp32(slices, monkeypatch):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import json
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -273,8 +274,10 @@ def run_evaluation(cases_dir: str | Path, out_dir: str | Path, backend, config: 
 
     A case that raises (a damaged file, a curve outside the image, a bug) is reported and left out,
     whole, and the other cases go on, as in ``segment-batch``: one bad study must not cost the hours
-    of a cohort's run. Each failure is logged, listed in the report and in ``failures.json``, and
-    appended to ``failures`` when the caller passes a list. If every case fails, it raises."""
+    of a cohort's run. Each failure is logged, listed in the report and in ``failures.json`` (written
+    as it happens), and appended to ``failures`` when the caller passes a list. If every case fails,
+    it raises ValueError. A previous run's results, report and failures in ``out_dir`` are cleared
+    first, so what the folder holds is always this run's."""
     from .report import write_report
 
     failures = failures if failures is not None else []
@@ -295,6 +298,9 @@ def run_evaluation(cases_dir: str | Path, out_dir: str | Path, backend, config: 
         if config.second_prior and "spd-prior2" in config.methods:
             runs -= sum(prior_role(second, c) is None for c in cases)
     rows, artefacts = [], {}
+    for stale in ("failures.json", "report.md"):
+        (out / stale).unlink(missing_ok=True)
+    write_csv(rows, out / "results.csv")
     from tqdm import tqdm
 
     with tqdm(total=runs * len(config.severities), desc="evaluate", unit="run") as bar:
@@ -311,7 +317,9 @@ def run_evaluation(cases_dir: str | Path, out_dir: str | Path, backend, config: 
                     found, art = evaluate_case(case, backend, config, severity, progress, second)
                 except Exception as exc:  # noqa: BLE001 -- any failure of one case; Ctrl-C still stops the run
                     first = str(exc).splitlines()[0][:300] if str(exc) else ""
-                    failures.append({"case": case.name, "severity": severity, "error": f"{type(exc).__name__}: {first}"})
+                    failures.append({"case": case.name, "severity": severity, "error": f"{type(exc).__name__}: {first}",
+                                     "traceback": traceback.format_exc()})
+                    (out / "failures.json").write_text(json.dumps(failures, indent=2))
                     log(f"case {case.name} ({severity}) failed: {type(exc).__name__}: {first}; it is left out "
                         "of the results and the other cases go on")
                     break
@@ -324,11 +332,9 @@ def run_evaluation(cases_dir: str | Path, out_dir: str | Path, backend, config: 
                 done.append(case)
                 write_csv(rows, out / "results.csv")  # keep partial results if interrupted
             backend.cache.clear(disk=False)  # embeddings of finished cases are not needed again
-    (out / "failures.json").unlink(missing_ok=True)
-    if failures:
-        (out / "failures.json").write_text(json.dumps(failures, indent=2))
     if not done:
-        raise RuntimeError(f"every case failed; the first: {failures[0]['case']}: {failures[0]['error']}")
+        raise ValueError(f"every case failed (see {out / 'failures.json'}); the first: "
+                         f"{failures[0]['case']}: {failures[0]['error']}")
     write_report(rows, artefacts, done, config, out, failures)
     meta = {**config.__dict__, "backend": backend.identity, "device": backend.device, "runtime": backend.runtime}
     (out / "config.json").write_text(json.dumps(meta, indent=2, default=str))

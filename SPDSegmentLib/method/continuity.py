@@ -27,8 +27,10 @@ neighbour, the target does not stop: it continues on those slices, only without 
    through that stretch. That is a drift, however long it is. (When the best family's target is
    itself such an excursion from another family, that family is the structure.) A centerline runs
    through the middle of its structure: an object whose points lie along its rim (``rim_depth``) is
-   a neighbour the curve runs beside, such as the liver beside the portal vein. It is never kept,
-   and within its family its parts are the candidates.
+   a neighbour the curve runs beside, such as the liver beside the portal vein. Within its family,
+   a part that the curve runs through is the candidate; a family that lies wholly beside the curve
+   gives way to one the curve runs through, when that one has at least half its points; and such a
+   neighbour larger than the target is not kept.
 
 The result is one map per slice (1 on the kept objects, 0 elsewhere): a saliency prior with the same
 contract as the others, so CPD and rendering are unchanged. It also reports, per slice, the masks
@@ -82,7 +84,7 @@ class TrackingParams:
     min_support_points: int = 3
     rim_depth: float | None = 0.3  # median depth of its points, as a fraction of the mask's largest
     #                                inscribed radius, below which the curve runs along an object's rim
-    rim_min_points: int = 3  # points inside it needed to call an object a rim (None above: never)
+    rim_min_points: int = 3  # points inside an object needed to judge where the curve runs in it
 
 
 @dataclass
@@ -119,6 +121,12 @@ class TrackedObject:
         """The curve runs along this object's rim, not through its middle (see ``rim_depth``)."""
         return (params.rim_depth is not None and len(self.depths) >= params.rim_min_points
                 and float(np.median(self.depths)) < params.rim_depth)
+
+    def centred(self, params: TrackingParams) -> bool:
+        """The curve runs through this object's middle: positive evidence, unlike ``not on_rim``
+        (an object with too few points inside it is neither)."""
+        return (params.rim_depth is not None and len(self.depths) >= params.rim_min_points
+                and float(np.median(self.depths)) >= params.rim_depth)
 
     def max_gap(self, params: TrackingParams) -> int:
         """Slices it may cross without points: twice as many as it has supported slices (so the
@@ -659,8 +667,9 @@ def _best_member(head: TrackedObject, by_id: dict[int, TrackedObject], params: T
     whose points lie along its rim is no candidate while a part with points is: the curve runs
     through the part, beside the container."""
     supported = [by_id[p] for p in head.parts if p in by_id and by_id[p].total_support > 0]
-    if head.on_rim(params) and any(not p.on_rim(params) for p in supported):
-        return min((p for p in supported if not p.on_rim(params)), key=lambda p: (-p.total_support, p.oid))
+    through = [p for p in supported if p.centred(params) and set(p.support_slices) - p.seeded]
+    if head.on_rim(params) and through:  # points of its own beyond its seeding slices, in its middle
+        return min(through, key=lambda p: (-p.total_support, p.oid))
     parts = [p for p in supported if len(set(p.support_slices) - p.seeded) >= params.part_min_slices]
     own = head.total_support - sum(p.shared_total for p in parts)
     return min([(own, head), *((p.total_support, p) for p in parts)], key=lambda x: (-x[0], x[1].oid))[1]
@@ -687,13 +696,24 @@ def select(objects: list[TrackedObject], params: TrackingParams) -> tuple[list[i
     def off_curve(o: TrackedObject) -> bool:  # the whole family lies beside the curve
         return o.on_rim(params) and all(by_id[p].on_rim(params) for p in o.parts if p in by_id)
 
-    head = min(objects, key=lambda o: (off_curve(o), -pooled[o.oid], o.oid in inside, -o.total_support, o.oid))
+    def on_curve(o: TrackedObject) -> bool:  # the curve runs through the family: positive evidence
+        return o.centred(params) or any(by_id[p].centred(params) for p in o.parts if p in by_id)
+
+    # a family wholly beside the curve gives way to one the curve runs through, if that one has at
+    # least half its points (a speck with a point or two, about which nothing is known, does not count)
+    through = [pooled[o.oid] for o in objects if on_curve(o)]
+
+    def beside(o: TrackedObject) -> bool:
+        return off_curve(o) and any(n >= 0.5 * pooled[o.oid] for n in through)
+
+    head = min(objects, key=lambda o: (beside(o), -pooled[o.oid], o.oid in inside, -o.total_support, o.oid))
     target = _best_member(head, by_id, params)
     # the best-supported family's target can itself be a drift: its points take over on a stretch that
     # another family's points bracket on both sides while that family continues through it. Then the
     # other is the structure (when it has at least half the points: a drift never outnumbers it by more).
     members = {head.oid} | head.parts
     around = [o for o in objects if o.oid not in members and pooled[o.oid] >= 0.5 * pooled[head.oid]
+              and (not beside(o) or beside(head))
               and _is_excursion(target, _with_parts_support(o, by_id))
               and not _is_excursion(o, _with_parts_support(target, by_id))]
     if around:

@@ -170,10 +170,14 @@ class SamBackend:
     def precision(self) -> str:
         """What the encoder computes in: ``fp32``, or on CUDA the autocast type (``fp16`` by default,
         ``SPDSEGMENT_AUTOCAST=bf16`` or ``off``). Read at each call, so a benchmark can switch it."""
-        if self.device == "cpu" or self._onnx_encoder is not None:
+        if not str(self.device).startswith("cuda") or self._onnx_encoder is not None:
             return "fp32"
         mode = os.environ.get("SPDSEGMENT_AUTOCAST", "fp16")
-        return mode if mode in ("fp16", "bf16") else "fp32"
+        if mode == "bf16":
+            import torch
+
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"  # torch would not autocast
+        return "fp16" if mode == "fp16" else "fp32"
 
     def _autocast(self):
         import torch
@@ -182,9 +186,11 @@ class SamBackend:
         return torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None)
 
     def _key(self, slice_u8: np.ndarray) -> str:
-        """Cache key: an fp16 embedding is never served to an fp32 run (or the other way round), also
-        from a cache folder that both share; fp32 keys are the plain ones, so existing caches stay valid."""
-        tag = "" if self.precision == "fp32" else f"-{self.precision}"
+        """Cache key. GPU embeddings carry the device and precision (``-cuda-fp16``): an fp16 embedding
+        is never served to an fp32 or CPU run, also from a cache folder that they share, and GPU
+        caches written before precision was part of the key (fp16 and fp32 mixed) are not used.
+        CPU keys are the plain ones, so existing CPU caches stay valid."""
+        tag = f"-cuda-{self.precision}" if str(self.device).startswith("cuda") else ""
         return self.cache.key(self.identity + tag, slice_u8)
 
     def embed(self, slice_u8: np.ndarray) -> SliceEmbedding:
