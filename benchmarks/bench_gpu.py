@@ -15,7 +15,8 @@ Without ``--bundle`` the script reads the sample data itself (SimpleITK needed).
 3. SPD end to end vs plain SAM on the same slices (plain: one box around each slice's raw point
    cluster, no prior), from empty caches, under the default autocast (fp16);
 4. the demo on CUDA: raw and SPD, DSC against the label and seconds, under fp16 and under fp32 (the CPU
-   demo's figures are in the README: the DSC should agree within about a point).
+   demo's figures are in the README: the DSC should agree within about a point). As in the demo, raw
+   runs first and pays for encoding and the prior; SPD reuses both, so its seconds are the rest.
 """
 from __future__ import annotations
 
