@@ -138,28 +138,51 @@ def _target_precision(result, ref) -> float:
     return inside / max(sum(int(m.sum()) for m in target.masks.values()), 1)
 
 
+def _ct_dicom_structure(structure: str):
+    """(volume, label slices as bool, the label's centerline with clinical noise, seed 0) of one
+    TotalSegmentator structure in the real CT-DICOM sample."""
+    from SPDSegmentLib.evaluation.noise import simulate
+    from SPDSegmentLib.io import resample_like
+
+    volume = read_volume(sample_data.path("abdomen_ct_dicom/image"), "abdomen_ct_dicom")
+    value = next(v for v, name in sample_data.class_map("abdomen_ct_dicom").items() if name == structure)
+    labels = resample_like(read_volume(sample_data.path("abdomen_ct_dicom/labels.nii.gz")), volume).array
+    label = (labels == value).astype(np.uint8)
+    noisy = simulate(centerline_from_label(volume, label), volume, label, "clinical", seed=0).centerline
+    return volume, volume.with_array(label).slices() > 0, noisy
+
+
+def _spd_with(volume, noisy, backend, params):
+    """One SPD run with the continuity prior under ``params``: (its tracking result, the SPD result)."""
+    prior = load_prior("sam-track", backend)
+    prior.params = params
+    result = segment(volume, noisy, backend, prior, SegmentParams(method="spd", intensity_preset="ct-abdomen"))
+    return prior.last, result
+
+
+@pytest.fixture(scope="module")
+def portal_vein(backend):
+    """The CT-DICOM portal and splenic vein with the default rules: shared by the tests that switch
+    one rule off, so the default run is made once."""
+    from SPDSegmentLib.method.continuity import TrackingParams
+
+    volume, ref, noisy = _ct_dicom_structure("portal_vein_and_splenic_vein")
+    return volume, ref, noisy, *_spd_with(volume, noisy, backend, TrackingParams())
+
+
 def test_a_container_and_the_part_the_point_is_on_are_both_seeded_and_the_curve_decides(backend):
     """The part-hypotheses rule (``part_hypotheses``, on by default). CT-DICOM colon, clinical noise: at
     several seeds SAM's surest enclosed mask is a large region around the colon loop the point is on. Seeding only that container made it the target (a fifth
     of it on the colon); seeding the loop as a second hypothesis lets the curve's later points,
     which stay in the loop, make the loop the target."""
-    from SPDSegmentLib.evaluation.noise import simulate
-    from SPDSegmentLib.io import resample_like
     from SPDSegmentLib.method.continuity import TrackingParams
 
-    volume = read_volume(sample_data.path("abdomen_ct_dicom/image"), "abdomen_ct_dicom")
-    value = next(v for v, name in sample_data.class_map("abdomen_ct_dicom").items() if name == "colon")
-    labels = resample_like(read_volume(sample_data.path("abdomen_ct_dicom/labels.nii.gz")), volume).array
-    label = (labels == value).astype(np.uint8)
-    ref = volume.with_array(label).slices() > 0
-    noisy = simulate(centerline_from_label(volume, label), volume, label, "clinical", seed=0).centerline
+    volume, ref, noisy = _ct_dicom_structure("colon")
     runs = {}
     for name, params in (("hypotheses", TrackingParams()),
                          ("container only", TrackingParams(part_hypotheses=False))):
-        prior = load_prior("sam-track", backend)
-        prior.params = params
-        result = segment(volume, noisy, backend, prior, SegmentParams(method="spd", intensity_preset="ct-abdomen"))
-        runs[name] = (prior.last, dice(volume.with_array(result.mask).slices() > 0, ref))
+        tracked, result = _spd_with(volume, noisy, backend, params)
+        runs[name] = (tracked, dice(volume.with_array(result.mask).slices() > 0, ref))
     tracked, spd_dice = runs["hypotheses"]
     tracked_single, spd_dice_single = runs["container only"]
     parts = [o for o in tracked.objects if any(
@@ -285,27 +308,17 @@ def test_a_family_beside_the_curve_gives_way_only_to_one_the_curve_runs_through(
     assert reasons[2].startswith("target") and "rim" in reasons[0], reasons
 
 
-def test_the_liver_beside_the_portal_vein_is_not_taken_for_it(backend):
+def test_the_liver_beside_the_portal_vein_is_not_taken_for_it(portal_vein, backend):
     """Real CT (CT-DICOM sample), portal and splenic vein, clinical noise: SAM's surest enclosed mask
     at the first seed is a large region beside the vein, with the curve's points along its rim. With
     the rim rule the continuity target is a mask on the vein, and SPD's DSC rises."""
-    from SPDSegmentLib.evaluation.noise import simulate
-    from SPDSegmentLib.io import resample_like
     from SPDSegmentLib.method.continuity import TrackingParams
 
-    volume = read_volume(sample_data.path("abdomen_ct_dicom/image"), "abdomen_ct_dicom")
-    value = next(v for v, name in sample_data.class_map("abdomen_ct_dicom").items()
-                 if name == "portal_vein_and_splenic_vein")
-    labels = resample_like(read_volume(sample_data.path("abdomen_ct_dicom/labels.nii.gz")), volume).array
-    label = (labels == value).astype(np.uint8)
-    ref = volume.with_array(label).slices() > 0
-    noisy = simulate(centerline_from_label(volume, label), volume, label, "clinical", seed=0).centerline
+    volume, ref, noisy, *default = portal_vein
     runs = {}
-    for name, params in (("rim rule", TrackingParams()), ("without", TrackingParams(rim_depth=None))):
-        prior = load_prior("sam-track", backend)
-        prior.params = params
-        result = segment(volume, noisy, backend, prior, SegmentParams(method="spd", intensity_preset="ct-abdomen"))
-        runs[name] = (_target_precision(prior.last, ref), dice(volume.with_array(result.mask).slices() > 0, ref))
+    for name, (tracked, result) in (("rim rule", default),
+                                    ("without", _spd_with(volume, noisy, backend, TrackingParams(rim_depth=None)))):
+        runs[name] = (_target_precision(tracked, ref), dice(volume.with_array(result.mask).slices() > 0, ref))
     assert runs["without"][0] < 0.1, "the case shows the failure: the target is the neighbour"
     assert runs["rim rule"][0] > runs["without"][0] + 0.2, runs
     assert runs["rim rule"][1] > runs["without"][1] + 0.1, runs
@@ -345,27 +358,16 @@ def test_a_point_group_along_the_slice_is_cut_into_pieces():
     assert len(split_along(compact, spacing, 12.0)) == 1
 
 
-def test_an_in_plane_run_of_the_curve_seeds_along_its_length(backend):
+def test_an_in_plane_run_of_the_curve_seeds_along_its_length(portal_vein, backend):
     """The in-plane pieces rule (``seed_piece_mm``, 12 mm by default). CT-DICOM portal and splenic vein,
     clinical noise: the splenic vein runs inside the axial slices, so single slices hold long runs of points. One seed at a run's median misses most of
     it; seeding every 12 mm piece lets the tracker hold the vein along the run."""
-    from SPDSegmentLib.evaluation.noise import simulate
-    from SPDSegmentLib.io import resample_like
     from SPDSegmentLib.method.continuity import TrackingParams, split_along
 
-    volume = read_volume(sample_data.path("abdomen_ct_dicom/image"), "abdomen_ct_dicom")
-    value = next(v for v, name in sample_data.class_map("abdomen_ct_dicom").items()
-                 if name == "portal_vein_and_splenic_vein")
-    labels = resample_like(read_volume(sample_data.path("abdomen_ct_dicom/labels.nii.gz")), volume).array
-    label = (labels == value).astype(np.uint8)
-    ref = volume.with_array(label).slices() > 0
-    noisy = simulate(centerline_from_label(volume, label), volume, label, "clinical", seed=0).centerline
-    scores = {}
-    for name, params in (("pieces", TrackingParams()), ("one seed per group", TrackingParams(seed_piece_mm=None))):
-        prior = load_prior("sam-track", backend)
-        prior.params = params
-        result = segment(volume, noisy, backend, prior, SegmentParams(method="spd", intensity_preset="ct-abdomen"))
-        scores[name] = dice(volume.with_array(result.mask).slices() > 0, ref)
+    volume, ref, noisy, _, result = portal_vein
+    _, single = _spd_with(volume, noisy, backend, TrackingParams(seed_piece_mm=None))
+    scores = {name: dice(volume.with_array(r.mask).slices() > 0, ref)
+              for name, r in (("pieces", result), ("one seed per group", single))}
     runs = [t for t, points in result.prompts.items() for g in {q.group for q in points}
             if len(split_along(np.array([[q.row, q.col] for q in points if q.group == g]),
                                np.asarray(volume.in_plane_spacing), 12.0)) > 1]

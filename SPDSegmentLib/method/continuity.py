@@ -117,16 +117,23 @@ class TrackedObject:
         areas = [float(self.masks[t].sum()) for t in self.seeded if t in self.masks]
         return float(np.median(areas)) if areas else float(next(iter(self.masks.values())).sum())
 
+    def median_depth(self, params: TrackingParams) -> float | None:
+        """Median depth of the curve's points in this object (see ``rim_depth``); None when the rule
+        is off or too few points lie inside it to tell."""
+        if params.rim_depth is None or len(self.depths) < params.rim_min_points:
+            return None
+        return float(np.median(self.depths))
+
     def on_rim(self, params: TrackingParams) -> bool:
-        """The curve runs along this object's rim, not through its middle (see ``rim_depth``)."""
-        return (params.rim_depth is not None and len(self.depths) >= params.rim_min_points
-                and float(np.median(self.depths)) < params.rim_depth)
+        """The curve runs along this object's rim, not through its middle."""
+        depth = self.median_depth(params)
+        return depth is not None and depth < params.rim_depth
 
     def centred(self, params: TrackingParams) -> bool:
         """The curve runs through this object's middle: positive evidence, unlike ``not on_rim``
         (an object with too few points inside it is neither)."""
-        return (params.rim_depth is not None and len(self.depths) >= params.rim_min_points
-                and float(np.median(self.depths)) >= params.rim_depth)
+        depth = self.median_depth(params)
+        return depth is not None and depth >= params.rim_depth
 
     def max_gap(self, params: TrackingParams) -> int:
         """Slices it may cross without points: twice as many as it has supported slices (so the
@@ -734,7 +741,7 @@ def select(objects: list[TrackedObject], params: TrackingParams) -> tuple[list[i
             reasons[o.oid] = f"rejected: {pooled[o.oid]} points with its parts, fewer than {floor:.0f}"
         elif o.on_rim(params) and _median_area(o) > params.part_area_ratio * _median_area(target):
             reasons[o.oid] = (f"rejected: its {o.total_support} points lie along its rim (median depth "
-                              f"{np.median(o.depths):.2f}): a larger neighbour the curve runs beside")
+                              f"{o.median_depth(params):.2f}): a larger neighbour the curve runs beside")
         elif _is_excursion(o, family):
             reasons[o.oid] = f"rejected: a drift excursion from the target ({o.total_support} points)"
         elif _contains(o, target) and _own_support(o, target) < 0.5 * target.total_support:
