@@ -71,6 +71,7 @@ def test_onnx_decoder_gives_the_torch_decoders_masks_and_scores(cta, torch_and_o
     torch_backend, onnx_backend = torch_and_onnx
     window = volume_window(volume, "ct-angio")
     runs_before, decodes_before = onnx_backend._onnx_decoder.calls, onnx_backend.decode_calls
+    slice_runs_before = onnx_backend._onnx_decoder.slice_part.calls
     differing, total, compared = 0, 0, 0
     for t in (55, 80, 110):
         emb = torch_backend.embed(window.apply(volume.slices()[t]))
@@ -82,6 +83,7 @@ def test_onnx_decoder_gives_the_torch_decoders_masks_and_scores(cta, torch_and_o
             compared += int(a.mask.any())
     decoded = onnx_backend.decode_calls - decodes_before
     assert decoded >= 20 and onnx_backend._onnx_decoder.calls - runs_before == decoded, "all in ONNX Runtime"
+    assert onnx_backend._onnx_decoder.slice_part.calls - slice_runs_before == 3, "the slice part once per slice"
     assert compared >= 20, "the boxes gave real masks to compare"
     assert differing <= 1e-5 * total, f"{differing} of {total} pixels differ"
 

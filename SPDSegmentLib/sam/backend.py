@@ -302,7 +302,7 @@ class SamBackend:
         import torch
 
         box = self.predictor.transform.apply_boxes(np.asarray(box_xyxy, dtype=float)[None], emb.original_size)
-        logits, iou = self._onnx_decoder(emb.features.detach().cpu().numpy(), box)
+        logits, iou = self._onnx_decoder(emb.features.detach().cpu().numpy(), box, key=emb.key or None)
         with torch.inference_mode():
             full = self.sam.postprocess_masks(torch.from_numpy(logits), emb.input_size, emb.original_size)
         return Decoded((full[0, 0] > self.sam.mask_threshold).numpy(), float(iou[0, 0]))
