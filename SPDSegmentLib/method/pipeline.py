@@ -51,6 +51,7 @@ class SegmentParams:
     context: int = 2
     consistency: bool = False  # inference-time previous-slice guidance (one direction)
     propagate: bool = True  # slices without consensus points take the prior's region there as their prompt
+    propagate_radius_ratio: float | None = 3.0  # ... unless its inscribed radius exceeds this x the structure radius (None: no limit)
     fallback: str = "empty"  # empty | peak
     intensity_preset: str = "auto"
     group_distance_mm: float = 10.0
@@ -245,7 +246,8 @@ def segment(volume: Volume, centerline: Centerline, backend, prior: SaliencyPrio
         points = consensus[t]
         prompts_t = render(points, saliency[t], tau, radius_px, backend.prompt_mode, with_points)
         if params.propagate and params.method != "raw" and not prompts_t:
-            prompts_t = region_prompts(saliency[t], tau, backend.prompt_mode)
+            limit = None if params.propagate_radius_ratio is None else params.propagate_radius_ratio * radius_px
+            prompts_t = region_prompts(saliency[t], tau, backend.prompt_mode, max_radius_px=limit)
             if prompts_t:
                 decisions[t].flags.append("propagated")
         if params.consistency and not prompts_t and previous is not None and previous.any():

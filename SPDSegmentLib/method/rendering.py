@@ -106,10 +106,13 @@ def render(points: list, saliency: np.ndarray, tau: float, radius_px: float, mod
 
 
 def region_prompts(saliency: np.ndarray, tau: float, mode: str = "box", min_area_px: int = 4,
-                   margin_fraction: float = 0.1, min_margin_px: float = 2.0) -> list[RenderedPrompt]:
+                   margin_fraction: float = 0.1, min_margin_px: float = 2.0,
+                   max_radius_px: float | None = None) -> list[RenderedPrompt]:
     """Prompts for a slice with no consensus point: one box per salient region (the prior's view of
     the structure there, e.g. carried through a gap or a rejected drift by the continuity step).
-    Point backends get the region's innermost pixel as a point as well."""
+    Point backends get the region's innermost pixel as a point as well. A region whose inscribed
+    radius exceeds ``max_radius_px`` is not this structure (a neighbour many times thicker) and
+    gets no prompt."""
     labels, n = ndimage.label(saliency > tau)
     out = []
     for index, sl in enumerate(ndimage.find_objects(labels), start=1):
@@ -117,6 +120,8 @@ def region_prompts(saliency: np.ndarray, tau: float, mode: str = "box", min_area
             continue
         region = labels[sl] == index
         if region.sum() < min_area_px:
+            continue
+        if max_radius_px is not None and float(ndimage.distance_transform_edt(np.pad(region, 1)).max()) > max_radius_px:
             continue
         extent = np.array([[sl[0].start, sl[1].start], [sl[0].stop - 1, sl[1].stop - 1]], dtype=float)
         size = float(np.max(extent[1] - extent[0]))
