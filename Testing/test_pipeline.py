@@ -90,6 +90,10 @@ def test_bad_parameters_and_a_centerline_outside_the_volume_are_refused(cta_slab
     volume, _ = cta_slab
     with pytest.raises(ValueError, match="tau"):
         SegmentParams(tau=1.5).validate()
+    for ratio in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="propagate_radius_ratio"):
+            SegmentParams(propagate_radius_ratio=ratio).validate()
+    SegmentParams(propagate_radius_ratio=None).validate()  # None: no limit
     far = Centerline(np.array([[500.0, 500.0, 500.0], [510.0, 500.0, 520.0]]), name="far")
     with pytest.raises(ValueError, match="does not pass through"):
         segment(volume, far, backend, SamVotePrior())

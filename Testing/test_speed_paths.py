@@ -183,3 +183,25 @@ def test_segment_batch_on_dask_equals_a_serial_run_and_survives_a_failing_study(
     summary = json.loads((tmp_path / "dask" / "batch.json").read_text())
     assert summary["workers"] == 2 and len(summary["studies"]) == 3
     assert [r["status"] for r in serial] == [r["status"] for r in parallel]
+
+
+def test_the_decoder_keeps_the_slice_part_of_the_last_few_slices(torch_and_onnx):
+    """The per-slice part is computed once per embedding key and kept for the 4 most recently used
+    slices; a kept part gives the same logits as a fresh one."""
+    _, onnx_backend = torch_and_onnx
+    decoder = onnx_backend._onnx_decoder
+    rng = np.random.default_rng(0)
+    embeddings = {k: rng.standard_normal(decoder.box_part.embedding_shape).astype(np.float32) for k in "abcde"}
+    box = np.array([[60.0, 70.0, 130.0, 140.0]])
+    decoder._prefixes.clear()
+    runs = decoder.slice_part.calls
+    for key in "abcda":  # "a" again while it is kept
+        decoder(embeddings[key], box, key=key)
+    assert decoder.slice_part.calls - runs == 4
+    decoder(embeddings["e"], box, key="e")  # a fifth slice: "b", the least recently used, is dropped
+    decoder(embeddings["a"], box, key="a")
+    assert decoder.slice_part.calls - runs == 5
+    decoder(embeddings["b"], box, key="b")
+    assert decoder.slice_part.calls - runs == 6
+    fresh, cached = decoder(embeddings["b"], box)[0], decoder(embeddings["b"], box, key="b")[0]
+    assert np.array_equal(fresh, cached)

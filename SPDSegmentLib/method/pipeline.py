@@ -8,6 +8,7 @@ the slices that are decoded or that a trained prior needs. Nothing is written to
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -66,6 +67,9 @@ class SegmentParams:
             raise ValueError(f"tau must lie in [0, 1), got {self.tau}")
         if not 0 <= self.context <= 10:
             raise ValueError(f"context (slices per side) must lie in 0..10, got {self.context}")
+        ratio = self.propagate_radius_ratio
+        if ratio is not None and not (math.isfinite(ratio) and ratio > 0):
+            raise ValueError(f"propagate_radius_ratio must be a positive number or None (no limit), got {ratio}")
 
 
 @dataclass

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -350,7 +352,8 @@ class OnnxBoxDecoder:
                                      folder, threads)
         self.path = self.box_part.path
         self.calls = 0
-        self._prefixes: dict = {}
+        self._prefixes: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()  # the web app may decode from more than one thread
         self._check_against(_box_decoder_module(sam), self.box_part.check_inputs()[:2])
 
     def _check_against(self, reference, inputs) -> None:
@@ -366,13 +369,18 @@ class OnnxBoxDecoder:
         self.calls = 0
 
     def _prefix(self, embedding: np.ndarray, key) -> list[np.ndarray]:
-        if key is not None and key in self._prefixes:
-            return self._prefixes[key]
+        """The slice part of ``embedding``, computed once per key; the least recently used is dropped."""
+        with self._lock:
+            prefix = self._prefixes.get(key) if key is not None else None
+            if prefix is not None:
+                self._prefixes.move_to_end(key)
+                return prefix
         prefix = self.slice_part.run(embedding)
         if key is not None:
-            if len(self._prefixes) >= self.KEPT_SLICES:
-                self._prefixes.pop(next(iter(self._prefixes)))
-            self._prefixes[key] = prefix
+            with self._lock:
+                self._prefixes[key] = prefix
+                while len(self._prefixes) > self.KEPT_SLICES:
+                    self._prefixes.popitem(last=False)
         return prefix
 
     def __call__(self, embedding: np.ndarray, box_xyxy: np.ndarray, key=None) -> tuple[np.ndarray, np.ndarray]:
