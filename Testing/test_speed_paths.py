@@ -193,7 +193,7 @@ def test_the_decoder_keeps_the_slice_part_of_the_last_few_slices(torch_and_onnx)
     rng = np.random.default_rng(0)
     embeddings = {k: rng.standard_normal(decoder.box_part.embedding_shape).astype(np.float32) for k in "abcde"}
     box = np.array([[60.0, 70.0, 130.0, 140.0]])
-    decoder._prefixes.clear()
+    decoder.clear()
     runs = decoder.slice_part.calls
     for key in "abcda":  # "a" again while it is kept
         decoder(embeddings[key], box, key=key)

@@ -53,7 +53,7 @@ def _fresh(backend) -> None:
     backend.cache = EmbeddingCache()
     backend.decoded = DecodeCache()
     if getattr(backend, "_onnx_decoder", None) is not None:
-        backend._onnx_decoder._prefixes.clear()  # the decoder's per-slice part, kept for a few slices
+        backend._onnx_decoder.clear()  # the decoder's per-slice parts, kept for a few slices
 
 
 def encoder(volume, device: str, n: int = 12) -> None:

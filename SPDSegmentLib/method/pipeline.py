@@ -240,6 +240,8 @@ def segment(volume: Volume, centerline: Centerline, backend, prior: SaliencyPrio
     spacing_px = min(volume.in_plane_spacing)
     radius_px = structure_radius_px(saliency, consensus, tau, default_px=10.0 / spacing_px)
     with_points = params.box_with_points if params.box_with_points is not None else backend.prompt_mode != "box"
+    ratio = params.propagate_radius_ratio
+    propagate_limit_px = None if ratio is None else ratio * radius_px  # a thicker region is a neighbour
 
     out = np.zeros((volume.num_slices, *volume.slice_shape), dtype=np.uint8)
     previous: np.ndarray | None = None
@@ -250,8 +252,7 @@ def segment(volume: Volume, centerline: Centerline, backend, prior: SaliencyPrio
         points = consensus[t]
         prompts_t = render(points, saliency[t], tau, radius_px, backend.prompt_mode, with_points)
         if params.propagate and params.method != "raw" and not prompts_t:
-            limit = None if params.propagate_radius_ratio is None else params.propagate_radius_ratio * radius_px
-            prompts_t = region_prompts(saliency[t], tau, backend.prompt_mode, max_radius_px=limit)
+            prompts_t = region_prompts(saliency[t], tau, backend.prompt_mode, max_radius_px=propagate_limit_px)
             if prompts_t:
                 decisions[t].flags.append("propagated")
         if params.consistency and not prompts_t and previous is not None and previous.any():

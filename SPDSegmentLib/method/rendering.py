@@ -113,7 +113,7 @@ def region_prompts(saliency: np.ndarray, tau: float, mode: str = "box", min_area
     Point backends get the region's innermost pixel as a point as well. A region whose inscribed
     radius exceeds ``max_radius_px`` is not this structure (a neighbour many times thicker) and
     gets no prompt."""
-    labels, n = ndimage.label(saliency > tau)
+    labels, _ = ndimage.label(saliency > tau)
     out = []
     for index, sl in enumerate(ndimage.find_objects(labels), start=1):
         if sl is None:
@@ -121,7 +121,8 @@ def region_prompts(saliency: np.ndarray, tau: float, mode: str = "box", min_area
         region = labels[sl] == index
         if region.sum() < min_area_px:
             continue
-        if max_radius_px is not None and float(ndimage.distance_transform_edt(np.pad(region, 1)).max()) > max_radius_px:
+        inside = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]  # the box's edge is background
+        if max_radius_px is not None and float(inside.max()) > max_radius_px:
             continue
         extent = np.array([[sl[0].start, sl[1].start], [sl[0].stop - 1, sl[1].stop - 1]], dtype=float)
         size = float(np.max(extent[1] - extent[0]))
@@ -129,7 +130,6 @@ def region_prompts(saliency: np.ndarray, tau: float, mode: str = "box", min_area
         if mode == "box":
             out.append(RenderedPrompt(np.empty((0, 2)), box))
         else:
-            inside = ndimage.distance_transform_edt(region)
             r, c = np.unravel_index(int(np.argmax(inside)), inside.shape)
             out.append(RenderedPrompt(np.array([[r + sl[0].start, c + sl[1].start]], dtype=float), box))
     return out

@@ -226,7 +226,7 @@ def _split_box_decoder_modules(sam):
     prompt_encoder, decoder = sam.prompt_encoder, sam.mask_decoder
     transformer = decoder.transformer
     first = transformer.layers[0]
-    if not first.skip_first_layer_pe or decoder.num_mask_tokens < 1:
+    if not first.skip_first_layer_pe:
         raise OnnxUnavailable("this SAM decoder's layout is not the one the split decoder reproduces")
 
     def image_tokens(embedding):
@@ -235,22 +235,19 @@ def _split_box_decoder_modules(sam):
         key_pe = prompt_encoder.get_dense_pe().flatten(2).permute(0, 2, 1)
         return keys, key_pe
 
-    class SlicePart(torch.nn.Module):
+    class Part(torch.nn.Module):  # holds SAM's modules, so the exporter sees their weights
         def __init__(self) -> None:
             super().__init__()
             self.prompt_encoder, self.mask_decoder = prompt_encoder, decoder
 
+    class SlicePart(Part):
         def forward(self, embedding):
             keys, key_pe = image_tokens(embedding)
             k = keys + key_pe
             return (first.cross_attn_token_to_image.k_proj(k), first.cross_attn_token_to_image.v_proj(keys),
                     first.cross_attn_image_to_token.q_proj(k))
 
-    class BoxPart(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.prompt_encoder, self.mask_decoder = prompt_encoder, decoder
-
+    class BoxPart(Part):
         def forward(self, embedding, box, k0, v0, q0):
             sparse, _ = prompt_encoder(points=None, boxes=box, masks=None)
             tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)[None]
@@ -382,6 +379,11 @@ class OnnxBoxDecoder:
                 while len(self._prefixes) > self.KEPT_SLICES:
                     self._prefixes.popitem(last=False)
         return prefix
+
+    def clear(self) -> None:
+        """Forget the kept slice parts (a benchmark's cold start)."""
+        with self._lock:
+            self._prefixes.clear()
 
     def __call__(self, embedding: np.ndarray, box_xyxy: np.ndarray, key=None) -> tuple[np.ndarray, np.ndarray]:
         """``key`` names the embedding (its cache key): a slice's boxes then share its slice part."""
