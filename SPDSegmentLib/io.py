@@ -130,7 +130,7 @@ def write_segmentation(reference: Volume, masks: dict[str, np.ndarray], path: st
         labelmap[mask > 0] = value
     image = volume_to_sitk(reference, labelmap)
     default_colors = [(0.9, 0.35, 0.3), (0.3, 0.7, 0.9), (0.5, 0.8, 0.4), (0.95, 0.8, 0.3)]
-    i_n, j_n, k_n = reference.shape_ijk
+    _i_n, _j_n, _k_n = reference.shape_ijk
     for index, (name, mask) in enumerate(masks.items()):
         color = (colors or {}).get(name, default_colors[index % len(default_colors)])
         nz = np.argwhere(mask > 0)

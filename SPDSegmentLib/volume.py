@@ -157,7 +157,7 @@ class Volume:
     def src_to_ras(self, src: np.ndarray) -> np.ndarray:
         return self.ijk_to_ras_points(self.src_to_ijk(src))
 
-    def with_array(self, array: np.ndarray, name: str | None = None) -> "Volume":
+    def with_array(self, array: np.ndarray, name: str | None = None) -> Volume:
         """Same geometry, other voxels (e.g. a mask or a saliency map)."""
         if array.shape != self.array.shape:
             raise ValueError(f"shape {array.shape} does not match volume shape {self.array.shape}")

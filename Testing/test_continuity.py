@@ -256,10 +256,10 @@ def test_two_clicks_inside_a_vessel_choose_the_vessel_not_the_lumen_part_seeded_
     lumen = _object(1, _disc((22, 22), 3), range(4, 9), {5: 1, 6: 1}, shared={5: 1})
     lumen.seeded = {5}
     aorta.parts = {1}
-    kept, reasons = select([aorta, lumen], TrackingParams())
+    _kept, reasons = select([aorta, lumen], TrackingParams())
     assert reasons[0].startswith("target"), reasons
     followed = _object(1, _disc((22, 22), 3), range(4, 15), {t: 1 for t in range(5, 15)}, shared={5: 1})
-    kept, reasons = select([aorta, followed], TrackingParams())
+    _kept, reasons = select([aorta, followed], TrackingParams())
     assert reasons[1].startswith("target"), reasons
 
 
@@ -300,11 +300,11 @@ def test_a_family_beside_the_curve_gives_way_only_to_one_the_curve_runs_through(
     vessel = _object(0, _disc((24, 24), 12), range(20), {t: 2 for t in range(20)})
     vessel.depths = [0.2] * 30
     speck = _object(1, _disc((6, 6), 2), range(3), {1: 2})
-    kept, reasons = select([vessel, speck], TrackingParams())
+    _kept, reasons = select([vessel, speck], TrackingParams())
     assert reasons[0].startswith("target"), reasons
     through = _object(2, _disc((40, 40), 4), range(20), {t: 1 for t in range(20)})
     through.depths = [0.7] * 20
-    kept, reasons = select([vessel, speck, through], TrackingParams())
+    _kept, reasons = select([vessel, speck, through], TrackingParams())
     assert reasons[2].startswith("target") and "rim" in reasons[0], reasons
 
 

@@ -7,7 +7,7 @@ from SPDSegmentLib.method.pipeline import Cancelled, SegmentParams, segment
 from SPDSegmentLib.method.prompts import Centerline, slice_prompts
 from SPDSegmentLib.method.saliency import AppearanceTrackPrior, SamVotePrior
 
-PARAMS = dict(intensity_preset="ct-angio")
+PARAMS = {"intensity_preset": "ct-angio"}
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def slab_run(cta_slab, cta_centerline, backend):
 
 
 def test_spd_rejects_the_drifted_points_that_raw_keeps(slab_run):
-    volume, label, noisy, results = slab_run
+    volume, label, _noisy, results = slab_run
     label_src = volume.with_array(label).slices()
     spd = results["spd"]
     rejected = [p for d in spd.decisions.values() for p in d.with_status("rejected")]
@@ -37,7 +37,7 @@ def test_spd_rejects_the_drifted_points_that_raw_keeps(slab_run):
 
 
 def test_spd_segments_the_real_aorta_better_than_raw(slab_run):
-    volume, label, _, results = slab_run
+    _volume, label, _, results = slab_run
     d_raw, d_spd = dice(results["raw"].mask, label), dice(results["spd"].mask, label)
     # measured on this slab: raw 0.80, spd 0.91 (LiteMedSAM, CPU)
     assert d_spd > 0.85
@@ -55,7 +55,7 @@ def test_outputs_have_the_volume_geometry_and_an_audit_trail(slab_run):
 
 
 def test_rerun_with_moved_prompts_encodes_nothing_and_only_the_extent_is_encoded(cta, cta_centerline, backend):
-    volume, label = cta
+    volume, _label = cta
     clean = cta_centerline
     src = volume.ras_to_src(clean.points_ras)
     part = Centerline(clean.points_ras[(src[:, 0] >= 30) & (src[:, 0] <= 33)], name="part")
@@ -71,7 +71,7 @@ def test_rerun_with_moved_prompts_encodes_nothing_and_only_the_extent_is_encoded
 
 
 def test_progress_is_reported_and_cancel_stops_cleanly(cta_slab, cta_centerline, backend):
-    volume, label = cta_slab
+    volume, _label = cta_slab
     clean = cta_centerline
     seen = []
     calls = {"n": 0}

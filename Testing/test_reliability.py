@@ -29,7 +29,7 @@ K0, K1 = 60, 72  # a slab of the CTA's descending aorta
 
 @pytest.fixture(scope="module")
 def slab(cta, cta_centerline):
-    volume, label = cta
+    volume, _label = cta
     part = crop_slices(volume, K0, K1)
     src = volume.ras_to_src(cta_centerline.points_ras)
     curve = Centerline(cta_centerline.points_ras[(src[:, 0] > K0 - 1) & (src[:, 0] < K1)][::3], True, "aorta")
@@ -275,7 +275,7 @@ def test_blank_slices_are_nothing_to_segment_unless_forced(files, slab, capsys, 
 def test_oblique_flipped_anisotropic_volume_and_a_curve_in_one_slice_work(capsys, tmp_path, slab):
     """Awkward but valid: an oblique, flipped, anisotropic grid, and a curve that lies in one slice
     (an in-plane vessel). Both segment; neither is refused."""
-    volume, curve = slab
+    volume, _curve = slab
     path = write_volume(Volume(volume.array, oblique_flipped_geometry()), tmp_path / "oblique.nrrd")
     moved = Volume(volume.array, oblique_flipped_geometry())
     src = np.c_[np.full(8, 5.0), np.linspace(40, 70, 8), np.linspace(50, 60, 8)]

@@ -13,12 +13,12 @@ from pathlib import Path
 from SPDSegmentLib.frontends.mrml_headless import boot_headless_slicer
 
 boot_headless_slicer()  # in Slicer the application has done this
-import slicer  # noqa: E402
+import slicer
 
-from SPDSegmentLib.evaluation import sample_data  # noqa: E402
-from SPDSegmentLib.evaluation.skeleton import centerline_from_label  # noqa: E402
-from SPDSegmentLib.frontends.mrml_logic import SPDSegmentMRMLLogic  # noqa: E402
-from SPDSegmentLib.io import read_label  # noqa: E402
+from SPDSegmentLib.evaluation import sample_data
+from SPDSegmentLib.evaluation.skeleton import centerline_from_label
+from SPDSegmentLib.frontends.mrml_logic import SPDSegmentMRMLLogic
+from SPDSegmentLib.io import read_label
 
 
 def main() -> None:

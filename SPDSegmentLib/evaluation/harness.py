@@ -128,7 +128,7 @@ def _label_boxes(volume, label_src: np.ndarray, margin_px: int = 5) -> dict[int,
     for t in range(len(label_src)):
         if not label_src[t].any():
             continue
-        labelled, n = ndimage.label(label_src[t])
+        labelled, _n = ndimage.label(label_src[t])
         boxes = []
         for sl in ndimage.find_objects(labelled):
             boxes.append((max(sl[0].start - margin_px, 0), max(sl[1].start - margin_px, 0),
@@ -198,7 +198,7 @@ def evaluate_case(case: Case, backend, config: EvalConfig, severity: str, progre
         centerline, noise = noisy.centerline, noisy.model.as_dict()
     ref = volume.with_array(label).slices()
     spacing = (volume.slice_spacing, *volume.in_plane_spacing)
-    base = dict(tau=config.tau, context=config.context, intensity_preset=preset)
+    base = {"tau": config.tau, "context": config.context, "intensity_preset": preset}
     priors: dict[str, object] = {}
     if second is None and "spd-prior2" in config.methods:
         second = load_prior(config.second_prior or "intensity", backend)

@@ -137,8 +137,8 @@ def ablation_lines(rows: list[dict], severities, groups: dict[str, str]) -> list
     sets = {"all": None, **{g: {c for c, gg in groups.items() if gg == g} for g in sorted(set(groups.values()))}}
     columns = [(sev, name) for sev in severities for name in sets]
     lines = ["## Ablation: what each step adds (mean DSC)", "",
-             "Each row adds one step to the row above, everything else equal, the way the paper's table goes "
-             "62.5 → 67.0 → 70.3 → 73.6. The upper bounds use the label.", ""]
+             ("Each row adds one step to the row above, everything else equal, the way the paper's table goes "
+              "62.5 → 67.0 → 70.3 → 73.6. The upper bounds use the label."), ""]
     for title, steps in ABLATION_BLOCKS:
         steps = [(m, label) for m, label in steps if m in present]
         if len(steps) < 2:
@@ -181,9 +181,9 @@ def prior_quality_lines(rows: list[dict], severity: str) -> list[str]:
     if not methods:
         return []
     lines = [f"## Prior quality per case ({severity})", "",
-             "How well each prior finds the label on the processed slices: Dice of S > τ, and the ROC AUC of S "
-             "as a voxel score (sam-track's map is binary, so its AUC is the mean of its sensitivity and "
-             "specificity).", "",
+             ("How well each prior finds the label on the processed slices: Dice of S > τ, and the ROC AUC of S "
+              "as a voxel score (sam-track's map is binary, so its AUC is the mean of its sensitivity and "
+              "specificity)."), "",
              "| case | " + " | ".join(f"{m}: prior Dice / AUC | {m}: DSC" for m in methods) + " |",
              "|---|" + "---|---|" * len(methods)]
     by = defaultdict(dict)
@@ -229,11 +229,11 @@ def write_report(rows: list[dict], artefacts: dict, cases, config, out: Path,
     groups = _group_of(cases)
     group_names = sorted(set(groups.values()))
     lines = ["# SPDSegment evaluation", "",
-             f"Backend: frozen SAM (identity in config.json); prior `{config.prior}`; second prior "
-             f"`{config.second_prior or 'intensity'}`; τ {config.tau or 'prior default'}; n = {config.context}; "
-             f"seed {config.seed}.",
-             "Scores are agreement with the case labels (for the bundled data: TotalSegmentator output, "
-             "not manual tracings).", "", DEVELOPMENT_NOTE, ""]
+             (f"Backend: frozen SAM (identity in config.json); prior `{config.prior}`; second prior "
+              f"`{config.second_prior or 'intensity'}`; τ {config.tau or 'prior default'}; n = {config.context}; "
+              f"seed {config.seed}."),
+             ("Scores are agreement with the case labels (for the bundled data: TotalSegmentator output, "
+              "not manual tracings)."), "", DEVELOPMENT_NOTE, ""]
     if failures:
         lines += ["## Cases that failed (left out of every table below)", "",
                   "| case | severity | error |", "|---|---|---|"]
@@ -253,8 +253,9 @@ def write_report(rows: list[dict], artefacts: dict, cases, config, out: Path,
     lines += [""] + ablation_lines(rows, severities, groups) + loss_lines(rows, severities)
     lines += ["## All methods", ""]
     for sev in severities:
-        lines += [f"### {sev}", "", "| method | DSC | IoU | HD95 mm | ASD mm | vol. agreement | slice DSC | "
-                  "s per case | SPD vs method: n, p |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"### {sev}", "",
+                  "| method | DSC | IoU | HD95 mm | ASD mm | vol. agreement | slice DSC | s per case | SPD vs method: n, p |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for m in methods:
             sub = [r for r in rows if r["method"] == m and r["severity"] == sev]
             n, p = wilcoxon_vs(rows, "spd", m, sev) if m != "spd" else (len(sub), None)
@@ -282,9 +283,9 @@ def write_report(rows: list[dict], artefacts: dict, cases, config, out: Path,
         lines.append(f"| {c.name} | {c.info.get('structure', '?')} | {groups.get(c.name, '?')} | "
                      f"{c.info.get('source', str(c.image))} | {c.info.get('license', 'as provided')} |")
     lines += ["", "## Noise model", "",
-              "Project's own model (`SPDSegmentLib/evaluation/noise.py`): reference centerline from the label "
-              "(`skeleton.py`) → sampled points → smooth jitter, drift runs moved off the structure, gaps, "
-              "distractors; parameters per severity:", ""]
+              ("Project's own model (`SPDSegmentLib/evaluation/noise.py`): reference centerline from the label "
+               "(`skeleton.py`) → sampled points → smooth jitter, drift runs moved off the structure, gaps, "
+               "distractors; parameters per severity:"), ""]
     from .noise import SEVERITIES
 
     for sev in severities:
@@ -293,10 +294,10 @@ def write_report(rows: list[dict], artefacts: dict, cases, config, out: Path,
     for f in _figures(rows, out, severities):
         lines.append(f"![{f}]({f})")
     lines += ["", f"## Overlay panels ({panel_severity})", "",
-              "Per case: one column per method (its mask in red, the label in green, its own prompts: CPD status "
-              "per point, or its boxes), on the slice where raw and SPD differ most, the slice where CPD rejected "
-              "most points, and a slice SPD filled without a trusted point (propagated). The panels of the other "
-              "severities are in `panels/` of the run's output folder.", ""]
+              ("Per case: one column per method (its mask in red, the label in green, its own prompts: CPD status "
+               "per point, or its boxes), on the slice where raw and SPD differ most, the slice where CPD rejected "
+               "most points, and a slice SPD filled without a trusted point (propagated). The panels of the other "
+               "severities are in `panels/` of the run's output folder."), ""]
     for (case, sev), art in artefacts.items():
         png = method_panel(art, out, case, sev)
         if png and sev == panel_severity:

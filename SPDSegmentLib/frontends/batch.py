@@ -104,7 +104,7 @@ def segment_study(folder: str, out_dir: str, options: EngineOptions) -> dict:
         summary = result.summary()
         (out.parent / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         record.update(status="ok", output=str(out), counts=summary["counts"], warnings=summary["warnings"])
-    except Exception as exc:  # one study's failure must not stop the cohort
+    except Exception as exc:  # noqa: BLE001  one study's failure must not stop the cohort
         record.update(error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
     record["seconds"] = time.perf_counter() - start
     return record

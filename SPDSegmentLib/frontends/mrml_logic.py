@@ -14,8 +14,8 @@ Example (Slicer's Python console; in plain Python boot slicer-core first, see ``
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import slicer

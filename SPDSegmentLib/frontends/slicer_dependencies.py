@@ -128,7 +128,7 @@ def verify_imports(requirements_path: str | Path) -> None:
         module = IMPORT_NAMES.get(name, name.replace("-", "_"))
         try:
             importlib.import_module(module)
-        except Exception as exc:  # an import can fail with any error once a package is broken
+        except Exception as exc:  # noqa: BLE001  an import can fail with any error once a package is broken
             broken.append(f"{module} ({type(exc).__name__}: {exc})")
     if broken:
         raise DependencyError("Installed, but cannot be imported: " + "; ".join(broken) +

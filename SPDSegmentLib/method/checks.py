@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 
@@ -86,7 +87,7 @@ def _slice_ranges(indices: np.ndarray) -> str:
     if len(indices) == 0:
         return "none"
     runs, start = [], indices[0]
-    for a, b in zip(indices[:-1], indices[1:]):
+    for a, b in pairwise(indices):
         if b != a + 1:
             runs.append((start, a))
             start = b

@@ -140,7 +140,7 @@ class TrackedObject:
         target bridges drift and gaps of any length), at least ``min_gap_slices``."""
         return max(params.min_gap_slices, 2 * len(self.support_slices))
 
-    def absorb(self, other: "TrackedObject") -> None:
+    def absorb(self, other: TrackedObject) -> None:
         """Take over ``other`` (the same structure): its points, and its masks where it is the
         better-supported or more confident one (never a union, which would grow along leaks)."""
         for t, m in other.masks.items():

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import numpy as np
 from scipy import ndimage
@@ -38,7 +38,7 @@ class NothingToSegment(ValueError):
     """The prior found the structure at none of the user's points (a blank, uniform or unreadable
     image, or points far off any structure). ``result`` holds the (empty) run, for ``--force``."""
 
-    def __init__(self, message: str, result: "SegmentationResult") -> None:
+    def __init__(self, message: str, result: SegmentationResult) -> None:
         super().__init__(message)
         self.result = result
 

@@ -10,6 +10,7 @@ so separate crossings stay separate prompt groups.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 from scipy.sparse.csgraph import connected_components
@@ -60,7 +61,7 @@ def _curve_crossings(src: np.ndarray, num_slices: int) -> list[tuple[int, float,
     plane contribute their start vertex.
     """
     out: list[tuple[int, float, float]] = []
-    for a, b in zip(src[:-1], src[1:]):
+    for a, b in pairwise(src):
         sa, sb = a[0], b[0]
         if sa == sb:
             if float(sa).is_integer():
@@ -96,7 +97,7 @@ def _in_plane_samples(src: np.ndarray, spacing_mm: np.ndarray, num_slices: int,
     spacing_mm = np.asarray(spacing_mm, dtype=float)
     step_mm = IN_PLANE_STEP_SLICES * spacing_mm[0]
     dense = []
-    for a, b in zip(src[:-1], src[1:]):
+    for a, b in pairwise(src):
         n = max(1, int(np.ceil(np.linalg.norm((b - a) * spacing_mm) / (0.25 * step_mm))))
         dense.append(a + (np.arange(n) / n)[:, None] * (b - a))
     dense.append(src[-1:])

@@ -255,7 +255,7 @@ PRIOR_FORMAT_VERSION = 2  # 2: may carry LoRA encoder adapters; files without th
 def build_saliency_head(embed_dim: int = 256, hidden: int = 64):
     """The stage-1 head: a small conv net on the 256x64x64 SAM embedding -> one logit map (64x64,
     upsampled to the slice). Light by design: it locates, SAM delineates."""
-    import torch.nn as nn
+    from torch import nn
 
     return nn.Sequential(
         nn.Conv2d(embed_dim, hidden, 1), nn.GroupNorm(8, hidden), nn.GELU(),
@@ -298,7 +298,7 @@ class TrainedSaliencyPrior:
         return float(self.metadata.get("suggested_tau", 0.5))
 
     @classmethod
-    def load(cls, path: str | Path, backend=None) -> "TrainedSaliencyPrior":
+    def load(cls, path: str | Path, backend=None) -> TrainedSaliencyPrior:
         from ..sam.model_files import read_model_file
 
         meta, data = read_model_file(path, PRIOR_FORMAT, "saliency prior", PriorFileError)

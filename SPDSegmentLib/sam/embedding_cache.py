@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SliceEmbedding:
-    features: "object"  # torch.Tensor 1x256x64x64 on the CPU
+    features: object  # torch.Tensor 1x256x64x64 on the CPU
     original_size: tuple[int, int]
     input_size: tuple[int, int]
     key: str = ""  # the cache key it was stored under: decoded masks are cached against it
@@ -74,7 +74,7 @@ class EmbeddingCache:
         path = self.folder / f"{key}.pt"
         try:
             return _valid(torch.load(path, map_location="cpu", weights_only=True), key)
-        except Exception as exc:  # truncated zip, pickle error, foreign content: all mean "recompute"
+        except Exception as exc:  # noqa: BLE001  truncated zip, pickle error, foreign content: all mean "recompute"
             log.warning("embedding cache file %s is unusable (%s: %s); it is deleted and recomputed", path,
                         type(exc).__name__, str(exc).splitlines()[0][:160] if str(exc) else "")
             path.unlink(missing_ok=True)

@@ -12,7 +12,7 @@ import copy
 import math
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 
 class LoRALinear(nn.Module):

@@ -127,7 +127,7 @@ class _VerifiedOnnxModel:
             try:
                 session = self._session()
                 error = self._verified(session)
-            except Exception as exc:  # a truncated or foreign file fails to load or to run
+            except Exception as exc:  # noqa: BLE001  a truncated or foreign file fails to load or to run
                 log.warning("cached ONNX model %s is unusable (%s: %s); exporting it again", self.path,
                             type(exc).__name__, str(exc).splitlines()[0][:200])
                 self.path.unlink(missing_ok=True)

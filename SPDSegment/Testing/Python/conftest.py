@@ -8,7 +8,7 @@ HERE = Path(__file__).resolve().parent
 MODULE_DIR = HERE.parents[1]
 sys.path[:0] = [str(HERE), str(MODULE_DIR), str(MODULE_DIR.parent)]
 
-import slicer_headless  # noqa: E402
+import slicer_headless
 
 slicer_headless.boot()
 

@@ -220,7 +220,8 @@ def _check_serializable(t, owner: str, member: str) -> None:
     if typing.get_origin(t) in (list, tuple, dict):
         ok = True
     if not ok:
-        raise Exception(f"Unable to create serializer for {owner} member {member}")
+        # Slicer raises a plain Exception here
+        raise Exception(f"Unable to create serializer for {owner} member {member}")  # noqa: TRY002
 
 
 def _default_of(t):
@@ -337,7 +338,7 @@ def parameterNodeWrapper(cls):
         members[name] = (annotation, base, extras, default)
 
     def read(self, name):
-        annotation, base, extras, default = members[name]
+        _annotation, base, _extras, _default = members[name]
         node = self.parameterNode
         if _is_node_class(base) or _union_args(base) is not None and all(
                 _is_node_class(_split(a)[0]) or _split(a)[0] is type(None) for a in _union_args(base)):
@@ -352,7 +353,7 @@ def parameterNodeWrapper(cls):
         return text
 
     def write(self, name, value):
-        annotation, base, extras, default = members[name]
+        _annotation, base, extras, _default = members[name]
         _write_check(base, value, name)
         for extra in extras:
             if hasattr(extra, "validate"):
@@ -412,8 +413,11 @@ def parameterNodeWrapper(cls):
     def disconnectGui(self, tag):
         self._guis.pop(tag, None)
 
+    def forward(n: str):
+        return lambda self, *a: getattr(self.parameterNode, n)(*a)
+
     for name in ("StartModify", "EndModify", "AddObserver", "RemoveObserver", "Modified"):
-        setattr(cls, name, (lambda n: lambda self, *a: getattr(self.parameterNode, n)(*a))(name))
+        setattr(cls, name, forward(name))
     cls.__init__ = __init__
     cls.__getattr__ = __getattr__
     cls.__setattr__ = __setattr__

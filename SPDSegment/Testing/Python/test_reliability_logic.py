@@ -90,7 +90,7 @@ def _case_table():
 
     def with_markups(cls):
         def build(cta):
-            volume, _, centerline = cta
+            volume, _, _centerline = cta
             node = slicer.mrmlScene.AddNewNodeByClass(cls, "m")
             return (_volume_node(volume), node), {}
         return build
@@ -187,7 +187,7 @@ def test_a_prior_for_another_checkpoint_is_refused_and_changes_nothing(cta, logi
 
 
 def test_nan_voxels_are_segmented_when_asked_to_mask_them(cta, logic):
-    volume, label, centerline = cta
+    volume, _label, centerline = cta
     a = volume.array[K0:K1].astype(np.float32).copy()
     a[2:4, 20:30, 20:30] = np.nan
     out = logic.process(_volume_node(volume, a), _curve(centerline, volume), None, "aorta", intensityPreset="ct-angio",
@@ -214,14 +214,14 @@ def test_cancel_mid_run_changes_nothing(cta, logic):
 
 
 def test_a_curve_under_a_transform_gives_the_result_of_the_hardened_curve(cta, logic):
-    volume, label, centerline = cta
+    volume, _label, centerline = cta
     node = _volume_node(volume)
     plain = _curve(centerline, volume)
     moved = _curve(centerline, volume, shift=(-7.0, 3.0, 0.0))
     moved.SetAndObserveTransformNodeID(_transform((7.0, -3.0, 0.0)).GetID())  # puts it back in place
     a = logic.process(node, plain, None, "a", intensityPreset="ct-angio", device="cpu", showPrompts=False)
     b = logic.process(node, moved, None, "b", intensityPreset="ct-angio", device="cpu", showPrompts=False)
-    mask = lambda out: slicer.util.arrayFromSegmentBinaryLabelmap(out.segmentationNode, out.segmentId, node)  # noqa: E731
+    mask = lambda out: slicer.util.arrayFromSegmentBinaryLabelmap(out.segmentationNode, out.segmentId, node)
     assert np.array_equal(mask(a), mask(b))
 
 

@@ -120,7 +120,7 @@ def test_bad_inputs_are_refused_and_change_nothing(cta_case, logic):
     empty = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsCurveNode")
     with pytest.raises(SPDInputError, match="at least 2"):
         logic.process(volumeNode, empty, None, "x")
-    count = lambda cls: slicer.mrmlScene.GetNodesByClass(cls).GetNumberOfItems()  # noqa: E731
+    count = lambda cls: slicer.mrmlScene.GetNodesByClass(cls).GetNumberOfItems()
     assert count("vtkMRMLSegmentationNode") == 0 and count("vtkMRMLMarkupsFiducialNode") == 0
     assert count("vtkMRMLScalarVolumeNode") == 1 and nodes_before < slicer.mrmlScene.GetNumberOfNodes()
 
@@ -134,7 +134,7 @@ def _save(node, path):
 
 
 def test_seg_nrrd_and_mrk_json_round_trip_between_slicer_and_the_engine(cta_case, logic, tmp_path):
-    volume, label, centerline = cta_case
+    volume, _label, centerline = cta_case
     volumeNode = _slab_node(volume)
     out = logic.process(volumeNode, _curve_node(centerline, volume), None, "aorta", intensityPreset="ct-angio")
     mask = _mask(out, volumeNode)
@@ -219,7 +219,7 @@ def test_parameter_node_choices_match_the_engine():
 def test_a_prior_that_does_not_fit_the_scan_is_reported_in_the_summary(cta_case, logic):
     """The shipped abdominal aorta prior on the chest CTA: it rejects nearly every point; the user
     must be told (the widget shows summary warnings), not silently handed an empty segment."""
-    volume, label, centerline = cta_case
+    volume, _label, centerline = cta_case
     volumeNode = _slab_node(volume)
     out = logic.process(volumeNode, _curve_node(centerline, volume), None, "aorta", intensityPreset="ct-angio",
                         prior="trained-aorta")

