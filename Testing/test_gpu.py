@@ -70,3 +70,55 @@ def test_fp16_masks_agree_with_fp32(slices, monkeypatch):
     for a, b in zip(masks["off"], masks["fp16"]):
         for x, y in zip(a, b):
             assert x.any() and _dice(x, y) > 0.97
+
+
+def _cta_and_curve():
+    """The demo CTA and a curve through its aorta: the bundle's noisy curve, or the label's skeleton."""
+    from SPDSegmentLib.method.prompts import Centerline
+    from SPDSegmentLib.volume import Volume
+
+    bundle = os.environ.get("SPDSEGMENT_GPU_BUNDLE")
+    if bundle:
+        data = np.load(bundle)
+        volume = Volume(data["array"], data["ijk_to_ras"], "cta", "CT")
+        return volume, Centerline(data["points"], ordered=bool(data["ordered"]), name="bundle")
+    from SPDSegmentLib.evaluation import sample_data
+    from SPDSegmentLib.evaluation.skeleton import centerline_from_label
+    from SPDSegmentLib.io import read_label, read_volume
+
+    volume = read_volume(sample_data.path("cta/image.nii.gz"), "cta")
+    return volume, centerline_from_label(volume, read_label(sample_data.path("cta/aorta.nii.gz"), volume))
+
+
+def test_the_tracker_batches_a_slices_decodes_on_cuda_with_the_same_prior(monkeypatch):
+    """On CUDA the tracker decodes the boxes of a slice's objects, and a point group's seed sizes, in
+    one call. The prior's maps agree with those of one-by-one decodes (a batched product may round a
+    border pixel differently, so Dice, not identity)."""
+    from SPDSegmentLib.method.pipeline import SegmentParams, segment
+    from SPDSegmentLib.method.saliency import load_prior
+    from SPDSegmentLib.sam.backend import SamBackend, load_backend
+
+    volume, curve = _cta_and_curve()
+    backend = load_backend("litemedsam", device="cuda")
+    assert backend.batches_decodes
+    batches = []
+    decode_boxes = SamBackend.decode_boxes
+
+    def recording(self, emb, boxes_rc):
+        batches.append(len(boxes_rc))
+        return decode_boxes(self, emb, boxes_rc)
+
+    def prior_union() -> np.ndarray:
+        backend.decoded.clear()
+        result = segment(volume, curve, backend, load_prior("sam-track", backend),
+                         SegmentParams(intensity_preset="ct-angio"))
+        return np.stack([result.saliency_maps[t] > 0.5 for t in sorted(result.saliency_maps)])
+
+    monkeypatch.setattr(SamBackend, "decode_boxes", recording)
+    batched = prior_union()
+    assert batches and max(batches) > 1
+    backend.batch_decodes = False
+    count = len(batches)
+    single = prior_union()
+    assert len(batches) == count, "without batching the tracker decodes box by box"
+    assert batched.any() and _dice(batched, single) > 0.99

@@ -205,3 +205,42 @@ def test_the_decoder_keeps_the_slice_part_of_the_last_few_slices(torch_and_onnx)
     assert decoder.slice_part.calls - runs == 6
     fresh, cached = decoder(embeddings["b"], box)[0], decoder(embeddings["b"], box, key="b")[0]
     assert np.array_equal(fresh, cached)
+
+
+def test_the_tracker_asks_a_batching_backend_for_each_slices_boxes_together(cta, backend, monkeypatch):
+    """On CUDA (``batches_decodes``) the tracker decodes the boxes of all objects carried to a slice,
+    and all seed sizes of a point group, in one call. On the CPU it decodes box by box, and here the
+    batched call is a loop of single decodes. Forcing batching on the CPU checks the plumbing: the
+    prior's maps are the same, batches hold several boxes, and the boxes the tracker then asks for
+    come from the batches (were the cache keys to differ, every one would be decoded again)."""
+    from SPDSegmentLib.evaluation.skeleton import centerline_from_label
+    from SPDSegmentLib.sam.backend import SamBackend
+
+    volume, label = cta
+    volume, label = crop_slices(volume, 30, 44), label[30:44].copy()  # the descending aorta: one tube
+    centerline = centerline_from_label(volume, label)
+    params = SegmentParams(intensity_preset="ct-angio")
+
+    def prior_maps():
+        backend.decoded.clear()
+        before = backend.decode_calls
+        result = segment(volume, centerline, backend, load_prior("sam-track", backend), params)
+        return result.saliency_maps, backend.decode_calls - before
+
+    assert not backend.batches_decodes, "the CPU decodes box by box"
+    lazy_maps, lazy_decodes = prior_maps()
+    batches = []
+    decode_boxes = SamBackend.decode_boxes
+
+    def recording(self, emb, boxes_rc):
+        batches.append(len(boxes_rc))
+        return decode_boxes(self, emb, boxes_rc)
+
+    monkeypatch.setattr(SamBackend, "batches_decodes", property(lambda self: True))
+    monkeypatch.setattr(SamBackend, "decode_boxes", recording)
+    batched_maps, batched_decodes = prior_maps()
+    assert lazy_maps.keys() == batched_maps.keys()
+    assert all(np.array_equal(lazy_maps[t], batched_maps[t]) for t in lazy_maps)
+    assert max(batches) > 1 and sum(batches) >= 20, batches
+    outside = batched_decodes - sum(batches)  # decoded one by one: grown boxes, the final pass
+    assert outside < lazy_decodes - 0.5 * sum(batches), (outside, lazy_decodes, sum(batches))

@@ -13,7 +13,8 @@ Without ``--bundle`` the script reads the sample data itself (SimpleITK needed).
 2. what autocast changes: the largest embedding difference to fp32 and the Dice between the masks that
    the fp32 and the autocast embeddings decode for the same boxes;
 3. SPD end to end vs plain SAM on the same slices (plain: one box around each slice's raw point
-   cluster, no prior), from empty caches, under the default autocast (fp16);
+   cluster, no prior), from empty caches, under the default autocast (fp16); then the tracker's
+   batched decodes (a slice's boxes in one call) against one box per call;
 4. the demo on CUDA: raw and SPD, DSC against the label and seconds, under fp16 and under fp32 (the CPU
    demo's figures are in the README: the DSC should agree within about a point). As in the demo, raw
    runs first and pays for encoding and the prior; SPD reuses both, so its seconds are the rest.
@@ -179,6 +180,29 @@ def spd_vs_plain(volume: Volume, centerline: Centerline, plain_boxes: dict[int, 
           f"-> SPD / plain = {total / plain:.2f}x")
     print("3. SAM decoder calls in that SPD run: " + ", ".join(
         f"{name} {n} calls, {1000 * s / max(n, 1):.1f} ms each, {s:.2f} s" for name, (n, s) in calls.items()))
+    for name in calls:
+        delattr(backend, name)  # the instance's timing wrappers off again
+    batching_ab(backend, volume, centerline)
+
+
+def batching_ab(backend, volume: Volume, centerline: Centerline, pairs: int = 2) -> None:
+    """The tracker's batched decodes (a slice's boxes in one call) against one box per call, the way
+    it decoded before: alternating runs from empty caches, the median of each."""
+    import torch
+
+    runs: dict[str, list[tuple[float, float]]] = {"batched": [], "one box per call": []}
+    for mode in list(runs) * pairs:
+        backend.batch_decodes = mode == "batched"
+        _fresh(backend)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        result = segment(volume, centerline, backend, load_prior("sam-track", backend), SegmentParams(intensity_preset=PRESET))
+        torch.cuda.synchronize()
+        runs[mode].append((time.perf_counter() - start, result.timings["saliency"]))
+    backend.batch_decodes = True
+    (bt, bp), (ot, op) = (np.median(np.array(runs[m]), axis=0) for m in runs)
+    print(f"3. tracker decodes batched per slice vs one box per call (median of {pairs} alternating pairs): "
+          f"SPD total {bt:.2f} s vs {ot:.2f} s, prior {bp:.2f} s vs {op:.2f} s -> {ot / bt:.2f}x faster end to end")
 
 
 def demo(volume: Volume, label: np.ndarray, centerline: Centerline) -> None:

@@ -251,6 +251,7 @@ class Tracker:
         self.tick = tick
         self.decodes = 0
         self._next_id = 0
+        self.batching = bool(getattr(backend, "batches_decodes", False))  # CUDA: decode a slice's boxes together
 
     # --- SAM ----------------------------------------------------------------------------------
     def _decode(self, t: int, box: tuple[float, float, float, float]) -> tuple[np.ndarray, float]:
@@ -261,6 +262,14 @@ class Tracker:
         out = self.backend.decode(self.backend.embed(self.slices_u8[t]), None, box)
         self.decodes += self.backend.decode_calls - calls
         return out.mask, out.score
+
+    def _prefetch(self, t: int, boxes: list[tuple[float, float, float, float]]) -> None:
+        """Decode the boxes about to be asked for on slice t in one batched call, where the backend
+        batches (CUDA); elsewhere nothing happens and each box is decoded when it is asked for."""
+        if not boxes or not self.batching:
+            return
+        snapped = [tuple(float(round(v)) for v in box) for box in boxes]  # as _decode snaps them
+        self.decodes += self.backend.prefetch_boxes(self.backend.embed(self.slices_u8[t]), snapped)
 
     def _informative(self, mask: np.ndarray, score: float, box, t: int, min_score: float | None = None) -> bool:
         """A mask is evidence only when SAM is confident, the patch has texture, and the mask is
@@ -296,13 +305,14 @@ class Tracker:
         r, c = centre_rc
         ri, ci = int(round(min(max(r, 0), shape[0] - 1))), int(round(min(max(c, 0), shape[1] - 1)))
         sizes = [h for h in SEED_HALF_SIZES_MM if not (h / self.spacing[0] > shape[0] and h / self.spacing[1] > shape[1])]
+        boxes = [_clip_box(r - h / self.spacing[0], c - h / self.spacing[1], r + h / self.spacing[0],
+                           c + h / self.spacing[1], shape) for h in sizes]
+        self._prefetch(t, boxes)  # all sizes in one call where that pays (CUDA); the CPU decodes lazily
         candidates: list[tuple[np.ndarray, float, float, bool]] = []
 
         def candidate(i: int):
             while len(candidates) <= i:
-                h = sizes[len(candidates)]
-                hr, hc = h / self.spacing[0], h / self.spacing[1]
-                box = _clip_box(r - hr, c - hc, r + hr, c + hc, shape)
+                box = boxes[len(candidates)]
                 mask, score = self._decode(t, box)
                 near = mask[max(ri - 1, 0): ri + 2, max(ci - 1, 0): ci + 2].any()
                 ok = bool(near) and self._informative(mask, score, box, t)
@@ -490,6 +500,9 @@ class Tracker:
             if self.tick is not None:
                 self.tick(i, len(order))
             previous_slice = order[i - 1] if i else None
+            if previous_slice is not None and self.batching:  # every object's first decode on t, in one call
+                self._prefetch(t, [mask_box(o.masks[previous_slice], self.params) for o in live
+                                   if previous_slice in o.masks and t not in o.masks])
             for o in live:
                 if previous_slice is None or previous_slice not in o.masks or t in o.masks:
                     continue

@@ -159,6 +159,7 @@ class SamBackend:
         self.cache = cache if cache is not None else EmbeddingCache()
         self.encode_calls = 0
         self.decode_calls = 0
+        self.batch_decodes = True  # False: callers that batch (the tracker) decode box by box, as on the CPU
         self.decoded = DecodeCache()
         self.decoder_version = 0  # bumped when a fine-tuned decoder is loaded: cached masks are then stale
         self.runtime = "torch"
@@ -285,11 +286,8 @@ class SamBackend:
         same prompt on the same embedding is decoded once (``self.decoded``)."""
         import torch
 
-        key = None
-        if emb.key:
-            pts = () if points_rc is None else tuple(np.round(np.asarray(points_rc, dtype=float), 2).ravel())
-            bx = () if box_rc is None else tuple(np.round(np.asarray(box_rc, dtype=float), 2))
-            key = (emb.key, self.decoder_version, pts, bx)
+        key = self._decode_key(emb, points_rc, box_rc)
+        if key is not None:
             hit = self.decoded.get(key)
             if hit is not None:
                 return Decoded(*hit)
@@ -314,6 +312,39 @@ class SamBackend:
         if key is not None:
             self.decoded.put(key, out.mask, out.score)
         return out
+
+    def _decode_key(self, emb: SliceEmbedding, points_rc, box_rc) -> tuple | None:
+        """The decode cache's key of one prompt on one embedding (None: the embedding has no key)."""
+        if not emb.key:
+            return None
+        pts = () if points_rc is None else tuple(np.round(np.asarray(points_rc, dtype=float), 2).ravel())
+        bx = () if box_rc is None else tuple(np.round(np.asarray(box_rc, dtype=float), 2))
+        return (emb.key, self.decoder_version, pts, bx)
+
+    @property
+    def batches_decodes(self) -> bool:
+        """Several boxes decode faster in one call than one by one: on CUDA, where a decode is mostly
+        fixed cost per call. Not on the CPU (measured slower there). ``batch_decodes = False`` turns it off."""
+        return self.device != "cpu" and self.batch_decodes
+
+    def prefetch_boxes(self, emb: SliceEmbedding, boxes_rc) -> int:
+        """Decode the box-only prompts among ``boxes_rc`` that are not decoded yet in one batched call
+        and keep them in the decode cache, so that the ``decode`` calls that follow are cache hits.
+        Does nothing where batching does not pay (``batches_decodes``) or the embedding has no key.
+        Returns the number of boxes decoded."""
+        if not self.batches_decodes or not emb.key:
+            return 0
+        todo: dict[tuple, tuple] = {}
+        for box in boxes_rc:
+            key = self._decode_key(emb, None, box)
+            if key not in self.decoded:
+                todo.setdefault(key, tuple(float(v) for v in box))
+        if not todo:
+            return 0
+        masks, scores = self.decode_boxes(emb, np.array(list(todo.values())))  # counts its decodes
+        for key, mask, score in zip(todo, masks, scores):
+            self.decoded.put(key, mask.astype(bool), float(score))
+        return len(todo)
 
     def _decode_box_onnx(self, emb: SliceEmbedding, box_xyxy: np.ndarray) -> Decoded:
         """A box-only prompt through the ONNX Runtime decoder, then SAM's own upsampling and threshold
@@ -343,6 +374,7 @@ class SamBackend:
             tb = torch.as_tensor(self.predictor.transform.apply_boxes(boxes, emb.original_size),
                                  dtype=torch.float32, device=self.device)
             masks, scores, _ = self.predictor.predict_torch(None, None, boxes=tb, multimask_output=False)
+        self.decode_calls += len(boxes_rc)
         return masks[:, 0].cpu().numpy(), scores[:, 0].float().cpu().numpy()
 
 

@@ -141,6 +141,9 @@ class DecodeCache:
         packed, shape, score = item
         return np.unpackbits(packed, count=shape[0] * shape[1]).reshape(shape).astype(bool), score
 
+    def __contains__(self, key: tuple) -> bool:
+        return key in self._items
+
     def put(self, key: tuple, mask: np.ndarray, score: float) -> None:
         self._items[key] = (np.packbits(mask.ravel()), mask.shape, score)
         self._items.move_to_end(key)
