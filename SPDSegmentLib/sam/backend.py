@@ -324,8 +324,11 @@ class SamBackend:
     @property
     def batches_decodes(self) -> bool:
         """Several boxes decode faster in one call than one by one: on CUDA, where a decode is mostly
-        fixed cost per call. Not on the CPU (measured slower there). ``batch_decodes = False`` turns it off."""
-        return self.device != "cpu" and self.batch_decodes
+        fixed cost per call. Not on the CPU (measured slower there), nor on devices where it was never
+        measured (Apple's mps). ``batch_decodes = False`` turns it off. On CUDA a mask may then differ by
+        a border pixel with the batch it was decoded in, so a re-run is equal to a fresh run on the CPU,
+        not bit for bit on CUDA."""
+        return str(self.device).startswith("cuda") and self.batch_decodes
 
     def prefetch_boxes(self, emb: SliceEmbedding, boxes_rc) -> int:
         """Decode the box-only prompts among ``boxes_rc`` that are not decoded yet in one batched call
