@@ -15,21 +15,34 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-@pytest.fixture(scope="module")
-def slices():
-    from SPDSegmentLib.method.windowing import volume_window
+def _cta_and_curve():
+    """The demo CTA and a curve through its aorta: the bundle's noisy curve, or the label's skeleton."""
+    from SPDSegmentLib.method.prompts import Centerline
+    from SPDSegmentLib.volume import Volume
 
     bundle = os.environ.get("SPDSEGMENT_GPU_BUNDLE")
     if bundle:
-        from SPDSegmentLib.volume import Volume
-
         data = np.load(bundle)
         volume = Volume(data["array"], data["ijk_to_ras"], "cta", "CT")
-    else:
-        from SPDSegmentLib.evaluation import sample_data
-        from SPDSegmentLib.io import read_volume
+        return volume, Centerline(data["points"], ordered=bool(data["ordered"]), name="bundle")
+    from SPDSegmentLib.evaluation import sample_data
+    from SPDSegmentLib.evaluation.skeleton import centerline_from_label
+    from SPDSegmentLib.io import read_label, read_volume
 
-        volume = read_volume(sample_data.path("cta/image.nii.gz"), "cta")
+    volume = read_volume(sample_data.path("cta/image.nii.gz"), "cta")
+    return volume, centerline_from_label(volume, read_label(sample_data.path("cta/aorta.nii.gz"), volume))
+
+
+@pytest.fixture(scope="module")
+def cta_and_curve():
+    return _cta_and_curve()
+
+
+@pytest.fixture(scope="module")
+def slices(cta_and_curve):
+    from SPDSegmentLib.method.windowing import volume_window
+
+    volume, _ = cta_and_curve
     window = volume_window(volume, "ct-angio")
     return [window.apply(volume.slices()[t]) for t in (70, 90)]
 
@@ -72,25 +85,7 @@ def test_fp16_masks_agree_with_fp32(slices, monkeypatch):
             assert x.any() and _dice(x, y) > 0.97
 
 
-def _cta_and_curve():
-    """The demo CTA and a curve through its aorta: the bundle's noisy curve, or the label's skeleton."""
-    from SPDSegmentLib.method.prompts import Centerline
-    from SPDSegmentLib.volume import Volume
-
-    bundle = os.environ.get("SPDSEGMENT_GPU_BUNDLE")
-    if bundle:
-        data = np.load(bundle)
-        volume = Volume(data["array"], data["ijk_to_ras"], "cta", "CT")
-        return volume, Centerline(data["points"], ordered=bool(data["ordered"]), name="bundle")
-    from SPDSegmentLib.evaluation import sample_data
-    from SPDSegmentLib.evaluation.skeleton import centerline_from_label
-    from SPDSegmentLib.io import read_label, read_volume
-
-    volume = read_volume(sample_data.path("cta/image.nii.gz"), "cta")
-    return volume, centerline_from_label(volume, read_label(sample_data.path("cta/aorta.nii.gz"), volume))
-
-
-def test_the_tracker_batches_a_slices_decodes_on_cuda_with_the_same_prior(monkeypatch):
+def test_the_tracker_batches_a_slices_decodes_on_cuda_with_the_same_prior(cta_and_curve, monkeypatch):
     """On CUDA the tracker decodes the boxes of a slice's objects, and a point group's seed sizes, in
     one call. The prior's maps agree with those of one-by-one decodes (a batched product may round a
     border pixel differently, so Dice, not identity)."""
@@ -98,7 +93,7 @@ def test_the_tracker_batches_a_slices_decodes_on_cuda_with_the_same_prior(monkey
     from SPDSegmentLib.method.saliency import load_prior
     from SPDSegmentLib.sam.backend import SamBackend, load_backend
 
-    volume, curve = _cta_and_curve()
+    volume, curve = cta_and_curve
     backend = load_backend("litemedsam", device="cuda")
     assert backend.batches_decodes
     batches = []

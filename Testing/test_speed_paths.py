@@ -244,3 +244,23 @@ def test_the_tracker_asks_a_batching_backend_for_each_slices_boxes_together(cta,
     assert max(batches) > 1 and sum(batches) >= 20, batches
     outside = batched_decodes - sum(batches)  # decoded one by one: grown boxes, the final pass
     assert outside < lazy_decodes - 0.5 * sum(batches), (outside, lazy_decodes, sum(batches))
+
+
+def test_start_cold_forgets_embeddings_masks_and_slice_parts(cta, torch_and_onnx):
+    """What the benchmarks measure from: after ``start_cold`` the same slice is encoded again, the
+    same box decoded again and the decoder's slice part run again, as in a new process."""
+    volume, _ = cta
+    _, backend = torch_and_onnx
+    image = volume_window(volume, "ct-angio").apply(volume.slices()[80])
+    box = (40.0, 40.0, 80.0, 80.0)
+
+    def counts():
+        return backend.encode_calls, backend.decode_calls, backend._onnx_decoder.slice_part.calls
+
+    backend.decode(backend.embed(image), None, box)
+    warm = counts()
+    backend.decode(backend.embed(image), None, box)
+    assert counts() == warm, "served from the caches"
+    backend.start_cold()
+    backend.decode(backend.embed(image), None, box)
+    assert [b - a for a, b in zip(warm, counts())] == [1, 1, 1]

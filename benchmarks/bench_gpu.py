@@ -34,7 +34,6 @@ from SPDSegmentLib.method.prompts import Centerline, slice_prompts
 from SPDSegmentLib.method.saliency import load_prior
 from SPDSegmentLib.method.windowing import volume_window
 from SPDSegmentLib.sam.backend import load_backend
-from SPDSegmentLib.sam.embedding_cache import DecodeCache, EmbeddingCache
 from SPDSegmentLib.volume import Volume
 
 PRESET = "ct-angio"
@@ -70,11 +69,6 @@ def load_bundle(path: Path) -> tuple[Volume, np.ndarray, Centerline, dict[int, l
     return volume, data["label"], Centerline(data["points"], ordered=bool(data["ordered"]), name="bench"), boxes
 
 
-def _fresh(backend) -> None:
-    backend.cache = EmbeddingCache()
-    backend.decoded = DecodeCache()
-
-
 def _backend(mode: str):
     os.environ["SPDSEGMENT_AUTOCAST"] = mode
     return load_backend("litemedsam", device="cuda")
@@ -94,7 +88,7 @@ def encoder(slices: list[np.ndarray], rounds: int = 3) -> None:
         for mode in ("off", "fp16", "bf16"):
             os.environ["SPDSEGMENT_AUTOCAST"] = mode
             for batch in (1, 8, 32):
-                _fresh(backend)
+                backend.start_cold()
                 torch.cuda.synchronize()
                 start = time.perf_counter()
                 backend.embed_many(slices, batch_size=batch)
@@ -148,7 +142,7 @@ def spd_vs_plain(volume: Volume, centerline: Centerline, plain_boxes: dict[int, 
     window = volume_window(volume, PRESET)
     src = volume.slices()
     segment(volume, centerline, backend, load_prior("sam-track", backend), SegmentParams(intensity_preset=PRESET))
-    _fresh(backend)
+    backend.start_cold()
     torch.cuda.synchronize()
     start = time.perf_counter()
     # plain SAM, as the CPU benchmark's part 3: one box per raw point cluster, every slice with points
@@ -157,7 +151,7 @@ def spd_vs_plain(volume: Volume, centerline: Centerline, plain_boxes: dict[int, 
         backend.decode_boxes(emb, np.array(boxes, dtype=float))
     torch.cuda.synchronize()
     plain = time.perf_counter() - start
-    _fresh(backend)
+    backend.start_cold()
     calls = {"decode": [0, 0.0], "decode_boxes": [0, 0.0]}
     for name in calls:
         original = getattr(backend, name)
@@ -193,7 +187,7 @@ def batching_ab(backend, volume: Volume, centerline: Centerline, pairs: int = 2)
     runs: dict[str, list[tuple[float, float]]] = {"batched": [], "one box per call": []}
     for mode in list(runs) * pairs:
         backend.batch_decodes = mode == "batched"
-        _fresh(backend)
+        backend.start_cold()
         torch.cuda.synchronize()
         start = time.perf_counter()
         result = segment(volume, centerline, backend, load_prior("sam-track", backend), SegmentParams(intensity_preset=PRESET))

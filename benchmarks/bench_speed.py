@@ -37,7 +37,7 @@ from SPDSegmentLib.method.prompts import Centerline, slice_prompts
 from SPDSegmentLib.method.saliency import load_prior
 from SPDSegmentLib.method.windowing import volume_window
 from SPDSegmentLib.sam.backend import load_backend
-from SPDSegmentLib.sam.embedding_cache import DecodeCache, EmbeddingCache
+from SPDSegmentLib.sam.embedding_cache import DecodeCache
 
 
 def _cta_run(slices: int):
@@ -47,13 +47,6 @@ def _cta_run(slices: int):
     src = volume.ras_to_src(noisy.points_ras)
     keep = (src[:, 0] >= 60) & (src[:, 0] < 60 + slices)
     return volume, Centerline(noisy.points_ras[keep], ordered=False, name="bench")
-
-
-def _fresh(backend) -> None:
-    backend.cache = EmbeddingCache()
-    backend.decoded = DecodeCache()
-    if getattr(backend, "_onnx_decoder", None) is not None:
-        backend._onnx_decoder.clear()  # the decoder's per-slice parts, kept for a few slices
 
 
 def encoder(volume, device: str, n: int = 12) -> None:
@@ -66,7 +59,7 @@ def encoder(volume, device: str, n: int = 12) -> None:
     for runtime in ("torch", "onnx"):
         backend = backends[runtime] = load_backend("litemedsam", device=device, runtime=runtime)
         backend.embed(slices[0])  # warm-up (and the one-off ONNX export)
-        _fresh(backend)
+        backend.start_cold()
         start = time.perf_counter()
         outs[runtime] = [backend.embed(s).features for s in slices]
         times[runtime] = (time.perf_counter() - start) / n
@@ -118,13 +111,13 @@ def stages_and_plain(volume, centerline, device: str, pairs: int = 3) -> None:
 
     runs = []
     for _ in range(pairs):
-        _fresh(backend)
+        backend.start_cold()
         backend.decode = original
         start = time.perf_counter()
         boxes = _raw_point_boxes(volume, slice_prompts(centerline, volume))
         _box_prompts_masks(volume, backend, "ct-angio", boxes)
         plain = time.perf_counter() - start
-        _fresh(backend)
+        backend.start_cold()
         decode_time["s"] = 0.0
         backend.decode = timed_decode
         start = time.perf_counter()

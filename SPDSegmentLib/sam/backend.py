@@ -313,6 +313,15 @@ class SamBackend:
             self.decoded.put(key, out.mask, out.score)
         return out
 
+    def start_cold(self) -> None:
+        """Forget every embedding, decoded mask and kept decoder slice part, as a new process would
+        start (benchmarks measure from here). A new in-memory embedding cache replaces the current one;
+        files of a cache folder are left alone."""
+        self.cache = EmbeddingCache()
+        self.decoded = DecodeCache()
+        if self._onnx_decoder is not None:
+            self._onnx_decoder.clear()
+
     def _decode_key(self, emb: SliceEmbedding, points_rc, box_rc) -> tuple | None:
         """The decode cache's key of one prompt on one embedding (None: the embedding has no key)."""
         if not emb.key:
@@ -346,7 +355,7 @@ class SamBackend:
             return 0
         masks, scores = self.decode_boxes(emb, np.array(list(todo.values())))  # counts its decodes
         for key, mask, score in zip(todo, masks, scores):
-            self.decoded.put(key, mask.astype(bool), float(score))
+            self.decoded.put(key, mask, float(score))
         return len(todo)
 
     def _decode_box_onnx(self, emb: SliceEmbedding, box_xyxy: np.ndarray) -> Decoded:
