@@ -41,7 +41,7 @@ PRESET = "ct-angio"
 
 def _read_sample() -> tuple[Volume, np.ndarray, Centerline, dict[int, list]]:
     from SPDSegmentLib.evaluation import sample_data
-    from SPDSegmentLib.evaluation.harness import _raw_point_boxes
+    from SPDSegmentLib.evaluation.harness import raw_point_boxes
     from SPDSegmentLib.evaluation.noise import simulate
     from SPDSegmentLib.evaluation.skeleton import centerline_from_label
     from SPDSegmentLib.io import read_label, read_volume
@@ -49,7 +49,7 @@ def _read_sample() -> tuple[Volume, np.ndarray, Centerline, dict[int, list]]:
     volume = read_volume(sample_data.path("cta/image.nii.gz"), "cta")
     label = read_label(sample_data.path("cta/aorta.nii.gz"), volume)
     noisy = simulate(centerline_from_label(volume, label), volume, label, "clinical", seed=0).centerline
-    return volume, label, noisy, _raw_point_boxes(volume, slice_prompts(noisy, volume))
+    return volume, label, noisy, raw_point_boxes(volume, slice_prompts(noisy, volume))
 
 
 def prepare(path: Path) -> None:

@@ -96,7 +96,7 @@ def stages_and_plain(volume, centerline, device: str, pairs: int = 3) -> None:
     """Parts 2-5. Plain SAM and SPD run alternately ``pairs`` times, each from empty caches, and the
     ratio is the median of the pairs' ratios: a slow spell of this shared machine then hits one pair,
     not the figure."""
-    from SPDSegmentLib.evaluation.harness import _box_prompts_masks, _raw_point_boxes
+    from SPDSegmentLib.evaluation.harness import box_prompts_masks, raw_point_boxes
 
     backend = load_backend("litemedsam", device=device)
     params = SegmentParams(method="spd", intensity_preset="ct-angio")
@@ -114,8 +114,8 @@ def stages_and_plain(volume, centerline, device: str, pairs: int = 3) -> None:
         backend.start_cold()
         backend.decode = original
         start = time.perf_counter()
-        boxes = _raw_point_boxes(volume, slice_prompts(centerline, volume))
-        _box_prompts_masks(volume, backend, "ct-angio", boxes)
+        boxes = raw_point_boxes(volume, slice_prompts(centerline, volume))
+        box_prompts_masks(volume, backend, "ct-angio", boxes)
         plain = time.perf_counter() - start
         backend.start_cold()
         decode_time["s"] = 0.0

@@ -93,7 +93,9 @@ class EvalConfig:
     context: int = 2
 
 
-def _box_prompts_masks(volume, backend, preset: str, boxes_per_slice: dict[int, list]) -> np.ndarray:
+def box_prompts_masks(volume, backend, preset: str, boxes_per_slice: dict[int, list]) -> np.ndarray:
+    """Plain SAM from given boxes, no prior and no CPD (the ``box`` and ``label-box`` methods, and the
+    benchmarks' plain-SAM baseline): the union of each slice's box masks, in the volume's array order."""
     window = volume_window(volume, preset)
     src = volume.slices()
     out = np.zeros((volume.num_slices, *volume.slice_shape), dtype=np.uint8)
@@ -106,7 +108,7 @@ def _box_prompts_masks(volume, backend, preset: str, boxes_per_slice: dict[int, 
     return volume.to_array_order(out)
 
 
-def _raw_point_boxes(volume, prompts, margin_mm: float = 10.0) -> dict[int, list]:
+def raw_point_boxes(volume, prompts, margin_mm: float = 10.0) -> dict[int, list]:
     """MedSAM-style baseline: per slice, per crossing group, the points' bounding box + margin."""
     margin = margin_mm / np.asarray(volume.in_plane_spacing)
     rows, cols = volume.slice_shape
@@ -232,12 +234,12 @@ def evaluate_case(case: Case, backend, config: EvalConfig, severity: str, progre
         elif method == "spd-prior2":
             results[name] = _run(volume, centerline, backend, second, SegmentParams(method="spd", **base), None)
         elif method == "box":
-            boxes[name] = _raw_point_boxes(volume, slice_prompts(centerline, volume))
+            boxes[name] = raw_point_boxes(volume, slice_prompts(centerline, volume))
         elif method == "label-box":
             boxes[name] = _label_boxes(volume, ref)
         else:
             raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
-        mask = results[name].mask if name in results else _box_prompts_masks(volume, backend, preset, boxes[name])
+        mask = results[name].mask if name in results else box_prompts_masks(volume, backend, preset, boxes[name])
         seconds = time.perf_counter() - start
         scores = evaluate(volume.with_array(mask).slices(), ref, spacing)
         quality = {"prior_dice": float("nan"), "prior_auc": float("nan")}
