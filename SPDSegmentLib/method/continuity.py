@@ -217,6 +217,12 @@ def split_along(points_rc: np.ndarray, spacing_rc: np.ndarray, piece_mm: float) 
     return [points_rc[index == j] for j in range(count) if np.any(index == j)]
 
 
+def _snap(box) -> tuple[float, float, float, float]:
+    """A box on whole pixels: the key under which the backend caches its decode (decode and prefetch
+    must snap alike, or a prefetched mask would never be found)."""
+    return tuple(float(round(v)) for v in box)
+
+
 def _clip_box(r0, c0, r1, c1, shape) -> tuple[float, float, float, float]:
     return (float(max(r0, 0)), float(max(c0, 0)), float(min(r1, shape[0] - 1)), float(min(c1, shape[1] - 1)))
 
@@ -257,7 +263,7 @@ class Tracker:
     def _decode(self, t: int, box: tuple[float, float, float, float]) -> tuple[np.ndarray, float]:
         """One box on one slice; boxes are snapped to whole pixels, so the same (slice, box) is decoded
         once, here and (through the backend's decode cache) in later runs."""
-        box = tuple(float(round(v)) for v in box)
+        box = _snap(box)
         calls = self.backend.decode_calls
         out = self.backend.decode(self.backend.embed(self.slices_u8[t]), None, box)
         self.decodes += self.backend.decode_calls - calls
@@ -268,8 +274,7 @@ class Tracker:
         batches (CUDA); elsewhere nothing happens and each box is decoded when it is asked for."""
         if not boxes or not self.batching:
             return
-        snapped = [tuple(float(round(v)) for v in box) for box in boxes]  # as _decode snaps them
-        self.decodes += self.backend.prefetch_boxes(self.backend.embed(self.slices_u8[t]), snapped)
+        self.decodes += self.backend.prefetch_boxes(self.backend.embed(self.slices_u8[t]), [_snap(b) for b in boxes])
 
     def _informative(self, mask: np.ndarray, score: float, box, t: int, min_score: float | None = None) -> bool:
         """A mask is evidence only when SAM is confident, the patch has texture, and the mask is
