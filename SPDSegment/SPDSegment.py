@@ -71,6 +71,7 @@ class SPDSegmentParameterNode:
     tau: Annotated[float, WithinRange(0.0, 0.99)] = 0.5
     context: Annotated[int, WithinRange(0, 10)] = 2
     consistency: bool = False
+    propagate: bool = True
     intensityPreset: Annotated[str, Choice(["auto", "ct-abdomen", "ct-angio", "ct-soft", "ct-lung", "ct-bone",
                                             "mri"])] = "auto"
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
@@ -242,7 +243,8 @@ class SPDSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("SPDSegment cannot use these inputs."), waitCursor=True):
             self.logic.engine.validateInputs(p.inputVolume, p.centerline, p.outputSegmentation, p.segmentName,
                                              method=p.method, tau=p.tau, context=p.context,
-                                             intensityPreset=p.intensityPreset, maskNonFinite=p.maskNonFinite)
+                                             intensityPreset=p.intensityPreset, maskNonFinite=p.maskNonFinite,
+                                             propagate=p.propagate)
 
     def _runSegmentation(self, replace=None) -> None:
         from SPDSegmentLib.method.pipeline import Cancelled
@@ -262,7 +264,8 @@ class SPDSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 out = self.logic.process(
                     p.inputVolume, p.centerline, p.outputSegmentation, p.segmentName, method=p.method,
                     backend=p.backend, checkpoint=checkpoint, prior=p.prior, tau=p.tau, context=p.context,
-                    consistency=p.consistency, intensityPreset=p.intensityPreset, device=p.device,
+                    consistency=p.consistency, propagate=p.propagate, intensityPreset=p.intensityPreset,
+                    device=p.device,
                     maskNonFinite=p.maskNonFinite, showSaliency=p.showSaliency, showPrompts=p.showPrompts,
                     progress=progress, cancel=lambda: self._cancelRequested, replace=replace)
             except Cancelled:

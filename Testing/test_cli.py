@@ -75,3 +75,18 @@ def test_evaluate_sample_uses_the_shipped_prior_and_tags_held_out_cases(cta, tmp
     report = (out / "report.md").read_text()
     assert "second prior `trained-aorta`" in report and "| cta_slab | held-out | clinical |" in report
     assert "mean of 1 held-out" in report
+
+
+def test_gap_filling_switch_reaches_the_run_and_evaluate_refuses_per_run_switches(tmp_path, capsys):
+    from SPDSegmentLib.frontends.cli import _build_parser
+    from SPDSegmentLib.frontends.cli_common import segment_params
+
+    base = ["segment", "--volume", "v.nrrd", "--centerline", "c.mrk.json", "--out", "o.seg.nrrd"]
+    assert segment_params(_build_parser().parse_args(base)).propagate is True
+    assert segment_params(_build_parser().parse_args([*base, "--no-propagate"])).propagate is False
+    for extra in (["--no-propagate"], ["--consistency"], ["--method", "raw"], ["--fallback", "peak"]):
+        code = main(["evaluate", "--cases", str(tmp_path / "none"), "--out", str(tmp_path / "out"), *extra])
+        assert code == 2
+        err = capsys.readouterr().err
+        assert extra[0] in err and "--methods" in err, err
+    assert not (tmp_path / "out").exists(), "refused before anything is written"

@@ -136,3 +136,19 @@ def test_a_failing_case_is_reported_and_the_others_go_on(case_dir, backend, tmp_
     assert code == 1 and "a_broken" in capsys.readouterr().err
     with open(tmp_path / "cli" / "results.csv") as f:
         assert {r["case"] for r in csv.DictReader(f)} == {"b_good"}
+
+
+def test_the_preset_option_windows_cases_whose_folder_names_none(case_dir, backend, tmp_path):
+    """``evaluate --preset``: the window of a case without case.json (the held-out layout); a case.json
+    that names its own preset keeps it."""
+    from SPDSegmentLib.evaluation.harness import evaluate_case
+
+    cases = tmp_path / "given"
+    shutil.copytree(case_dir / "abdomen_mr_aorta", cases / "mr_aorta")
+    config = EvalConfig(methods=("box",), severities=("mild",), preset="ct-soft")
+    assert EvalConfig().preset == "auto"
+    _rows, art = evaluate_case(find_cases(cases)[0], backend, config, "mild")
+    assert art["preset"] == "mri"  # its case.json's
+    (cases / "mr_aorta" / "case.json").unlink()
+    _rows, art = evaluate_case(find_cases(cases)[0], backend, config, "mild")
+    assert art["preset"] == "ct-soft"

@@ -116,3 +116,33 @@ def test_cancel_is_honoured_inside_the_saliency_prior_stage(cta_slab, cta_center
                 cancel=lambda: any(m.startswith("saliency prior: slice 3/") for m in messages))
     assert any(m.startswith("saliency prior") for m in messages)
     assert not any(m.startswith("segmenting") for m in messages)
+
+
+def test_gap_filling_can_be_switched_off_and_then_leaves_only_the_gap_slices_empty(cta_slab, cta_centerline,
+                                                                                     backend):
+    """``propagate`` (the CLI's --no-propagate, the panels' "fill gaps"): a gap of 6 slices, longer
+    than the borrowing window, is filled from the tracked aorta by default and left empty when off;
+    every slice with prompts of its own is the same either way."""
+    from SPDSegmentLib.method.saliency import TrackPrior
+
+    volume, label = cta_slab
+    src = volume.ras_to_src(cta_centerline.points_ras)
+    inside = (src[:, 0] > -0.5) & (src[:, 0] < volume.num_slices - 0.5)
+    gap = (src[:, 0] > 3.5) & (src[:, 0] < 9.5)  # slab slices 4..9 have no point
+    curve = Centerline(cta_centerline.points_ras[inside & ~gap], ordered=False, name="gapped")  # a point list
+    filled = segment(volume, curve, backend, TrackPrior(), SegmentParams(method="spd", **PARAMS))
+    empty = segment(volume, curve, backend, TrackPrior(), SegmentParams(method="spd", propagate=False, **PARAMS),
+                    saliency=filled.saliency_maps)
+    assert filled.params.propagate and not empty.params.propagate
+    assert empty.summary()["params"]["propagate"] is False  # recorded with the result
+    far = [6, 7]  # more than n = 2 slices from any point: nothing to borrow
+    ref, on, off = (volume.with_array(a).slices() for a in (label, filled.mask, empty.mask))
+    for t in far:
+        assert "propagated" in filled.decisions[t].flags and "propagated" not in empty.decisions[t].flags
+        assert "empty-consensus" in empty.decisions[t].flags
+        assert dice(on[t], ref[t]) > 0.7, f"slice {t}: the filled gap should be the aorta"
+        assert not off[t].any()
+    prompted = [t for t, d in filled.decisions.items() if d.consensus]
+    assert prompted and not set(prompted) & set(far)
+    for t in prompted:
+        assert np.array_equal(on[t], off[t])

@@ -169,7 +169,7 @@ def studies(cta, cta_centerline, tmp_path_factory):
 def test_segment_batch_on_dask_equals_a_serial_run_and_survives_a_failing_study(studies, tmp_path):
     from SPDSegmentLib.frontends.batch import EngineOptions, run_batch
 
-    options = EngineOptions(device="cpu", threads=1)
+    options = EngineOptions(device="cpu", threads=1, propagate=False)  # a non-default switch reaches the workers
     serial = run_batch(studies, tmp_path / "serial", options, serial=True, log=lambda *a: None)
     parallel = run_batch(studies, tmp_path / "dask", options, workers=2, log=lambda *a: None)
     status = {r["study"]: r["status"] for r in parallel}
@@ -180,6 +180,8 @@ def test_segment_batch_on_dask_equals_a_serial_run_and_survives_a_failing_study(
         a = (tmp_path / "serial" / name / "segmentation.seg.nrrd").read_bytes()
         b = (tmp_path / "dask" / name / "segmentation.seg.nrrd").read_bytes()
         assert a == b, f"{name}: the Dask result differs from the serial one"
+        run = json.loads((tmp_path / "dask" / name / "summary.json").read_text())
+        assert run["params"]["propagate"] is False and run["params"]["intensity_preset"] == "ct-angio"
     summary = json.loads((tmp_path / "dask" / "batch.json").read_text())
     assert summary["workers"] == 2 and len(summary["studies"]) == 3
     assert [r["status"] for r in serial] == [r["status"] for r in parallel]

@@ -76,6 +76,8 @@ def web_data(cta, tmp_path_factory) -> dict:
     write_markups(folder / "run.mrk.json", markups_document("Fiducial", "run", run_points))
     long_points = np.array([aorta_point(k) for k in range(0, 12, 2)])
     write_markups(folder / "long.mrk.json", markups_document("Fiducial", "long", long_points))
+    gap_points = np.array([aorta_point(k) for k in (0, 1, 2, 9, 10, 11)])  # slices 5-6: > n = 2 from any point
+    write_markups(folder / "gap.mrk.json", markups_document("Fiducial", "gap", gap_points))
     return {"folder": folder, "slab": read_volume(folder / "slab.nrrd"), "run_points": run_points}
 
 
@@ -85,7 +87,8 @@ def server(web_data, artefacts):
     log = (artefacts / "server.log").open("w")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "SPDSegmentLib.frontends.web.app", "--port", "0", "--host", "127.0.0.1",
-           "--data", str(web_data["folder"]), "--max-upload-mb", "1", "--idle-minutes", "10", "--device", "cpu"]
+           "--data", str(web_data["folder"]), "--max-upload-mb", "1", "--idle-minutes", "10", "--device", "cpu",
+           "--max-sessions", "12"]  # one session per page the tests open (closed pages keep theirs until idle)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
     url = None
     deadline = time.monotonic() + SERVER_START_S
@@ -245,8 +248,10 @@ def load_centerline(page, name: str) -> None:
 
 
 def run_to_end(page, timeout: float = RUN_TIMEOUT_S) -> dict:
+    before = scene(page)["segments"]
     page.click("#spd-run")
-    wait_for(lambda: scene(page)["running"], 20, "the run to start")
+    # a run whose slices are all cached can end between two polls: a new segment also shows it ran
+    wait_for(lambda: (s := scene(page))["running"] or s["segments"] != before, 20, "the run to start")
     return wait_for(lambda: (s := scene(page)) and not s["running"] and s, timeout, "the run to finish", 1.0)
 
 
@@ -486,3 +491,20 @@ def test_uploads_load_and_bad_uploads_give_a_message(open_page, server, artefact
                                                        "buffer": (web_data["folder"] / "run.mrk.json").read_bytes()}])
     wait_for(lambda: len(scene(page)["centerline"]["points"]) == len(RUN_SLICES), 30, "the uploaded centerline")
     assert shows_ct(view_pixels(page))
+
+
+def test_fill_gaps_off_reaches_the_run_and_leaves_the_gap_empty(open_page, artefacts):
+    """The "fill gaps" box (on by default): unticked, the slices of a gap longer than the borrowing
+    window get no prompt, so the second run's segment is smaller than the first's."""
+    page = open_page("fill-gaps")
+    load_centerline(page, "gap.mrk.json")
+    assert page.is_checked("#spd-propagate")
+    filled = run_to_end(page)
+    assert filled["message_type"] in ("success", "warning"), filled["message"]
+    page.click("#spd-propagate")
+    wait_for(lambda: not page.is_checked("#spd-propagate"), 10, "the box to clear")
+    empty = run_to_end(page)
+    assert empty["message_type"] in ("success", "warning"), empty["message"]
+    voxels = [s["voxels"] for s in empty["segments"]]
+    assert len(voxels) == 2 and 0 < voxels[1] < voxels[0], voxels
+    page.screenshot(path=str(artefacts / "fill-gaps-off.png"))

@@ -91,6 +91,7 @@ class EvalConfig:
     second_prior: str | None = None  # a trained prior.pt; None -> the intensity prior
     tau: float | None = None
     context: int = 2
+    preset: str = "auto"  # intensity window of cases whose case.json names none (a given centerline's folder)
 
 
 def box_prompts_masks(volume, backend, preset: str, boxes_per_slice: dict[int, list]) -> np.ndarray:
@@ -192,7 +193,7 @@ def evaluate_case(case: Case, backend, config: EvalConfig, severity: str, progre
     volume = read_volume(case.image, case.name)
     label_value = case.info.get("label_value", config.label_value)
     label = read_label(case.label, volume, label_value=label_value)
-    preset = case.info.get("preset", "auto")
+    preset = case.info.get("preset", config.preset)
     if case.centerline is not None:
         centerline, noise = read_markups(case.centerline), {"source": "given centerline.mrk.json"}
     else:

@@ -33,6 +33,9 @@ class EngineOptions:
     method: str = "spd"
     tau: float | None = None
     context: int = 2
+    consistency: bool = False
+    fallback: str = "empty"
+    propagate: bool = True
     preset: str = "auto"
     threads: int = 1  # per worker: several workers must not oversubscribe the cores
     overwrite: bool = False
@@ -96,7 +99,8 @@ def segment_study(folder: str, out_dir: str, options: EngineOptions) -> dict:
         volume = read_volume(study.image, study.name)
         centerline = read_markups(study.centerline)
         params = SegmentParams(method=options.method, tau=options.tau, context=options.context,
-                               intensity_preset=study.info.get("preset", options.preset))
+                               consistency=options.consistency, fallback=options.fallback,
+                               propagate=options.propagate, intensity_preset=study.info.get("preset", options.preset))
         checked = preflight(volume, centerline, params)
         backend, prior = _engine(options)
         result = segment(checked.volume, centerline, backend, prior, params, checked=checked)

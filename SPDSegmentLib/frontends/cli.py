@@ -62,6 +62,9 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
                    help="let each slice's mask guide the next one (one direction)")
     g.add_argument("--fallback", choices=FALLBACKS, default="empty",
                    help="slice with no consensus point: leave empty (default) or use the saliency peak")
+    g.add_argument("--no-propagate", dest="propagate", action="store_false",
+                   help="leave slices without trusted points (gaps, rejected drift) empty instead of prompting "
+                        "them with the region the prior followed through them (spd and local)")
     g.add_argument("--preset", choices=PRESETS, default="auto",
                    help="intensity window: CT presets by HU, 'mri' by percentiles, 'auto' guesses")
     g = p.add_argument_group("model")
@@ -267,6 +270,18 @@ def cmd_segment(args) -> int:
     return status
 
 
+def _refuse_per_run_options(args) -> None:
+    """``evaluate`` runs every method with its own switches (the ``--methods`` list), so the options
+    that set one run's prompts would be ignored there: refuse them rather than ignore them."""
+    given = [flag for flag, used in (("--method", args.method != "spd"), ("--consistency", args.consistency),
+                                     ("--fallback", args.fallback != "empty"), ("--no-propagate", not args.propagate))
+             if used]
+    if given:
+        raise ValueError(f"{args.command} compares methods, each with its own switches: {', '.join(given)} would be "
+                         "ignored; choose the methods with --methods (e.g. spd-continuity runs without propagation, "
+                         "spd+psc with slice consistency)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
@@ -299,7 +314,9 @@ def main(argv: list[str] | None = None) -> int:
             device = "cpu" if args.device == "auto" and not _cuda() else args.device
             options = EngineOptions(backend=args.backend, checkpoint=str(args.checkpoint) if args.checkpoint else None,
                                     device=device, runtime=args.runtime, prior=args.prior, method=args.method,
-                                    tau=args.tau, context=args.context, preset=args.preset, threads=args.threads,
+                                    tau=args.tau, context=args.context, consistency=args.consistency,
+                                    fallback=args.fallback, propagate=args.propagate, preset=args.preset,
+                                    threads=args.threads,
                                     overwrite=args.overwrite)
             records = run_batch(args.cases, args.out, options, workers=args.workers, scheduler=args.scheduler,
                                 serial=args.serial)
@@ -312,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("evaluate", "evaluate-sample"):
             from ..evaluation.harness import METHODS, EvalConfig, run_evaluation
 
+            _refuse_per_run_options(args)
+
             if args.command == "evaluate-sample":
                 from ..evaluation.cases import build_sample_cases, sample_cases_stale
 
@@ -321,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             second = None if args.second_prior in (None, "intensity") else args.second_prior
             config = EvalConfig(methods=tuple(args.methods or METHODS), severities=tuple(args.severity),
                                 seed=args.seed, label_value=args.label_value, prior=args.prior,
-                                second_prior=second, tau=args.tau, context=args.context)
+                                second_prior=second, tau=args.tau, context=args.context, preset=args.preset)
             failures: list[dict] = []
             run_evaluation(args.cases, args.out, backend, config, failures=failures)
             if failures:

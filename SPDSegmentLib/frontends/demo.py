@@ -36,7 +36,7 @@ def run_demo(args) -> int:
     saliency = None  # same prompts and prior for both methods: compute the prior once
     for method in ("raw", "spd"):
         params = SegmentParams(method=method, tau=args.tau, context=args.context, consistency=args.consistency,
-                               fallback=args.fallback, intensity_preset=preset)
+                               fallback=args.fallback, propagate=args.propagate, intensity_preset=preset)
         bar = TqdmProgress(f"{method:>4}", not args.quiet)
         start = time.perf_counter()
         try:

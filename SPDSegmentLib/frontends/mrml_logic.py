@@ -161,7 +161,7 @@ class SPDSegmentMRMLLogic:
 
     def validateInputs(self, volumeNode, centerlineNode, segmentationNode=None, segmentName: str = "SPD",
                        method: str = "spd", tau: float | None = None, context: int = 2,
-                       intensityPreset: str = "auto", maskNonFinite: bool = False):
+                       intensityPreset: str = "auto", maskNonFinite: bool = False, propagate: bool = True):
         """Every check that needs no model (numpy and scipy only), so a front end can refuse bad
         inputs before offering to install or load anything. Returns the engine inputs."""
         from SPDSegmentLib.method.checks import InputRefused, preflight
@@ -172,7 +172,8 @@ class SPDSegmentMRMLLogic:
         self.checkOutputNode(segmentationNode)
         if not segmentName or not segmentName.strip():
             raise SPDInputError("give the new segment a name")
-        params = SegmentParams(method=method, tau=tau, context=context, intensity_preset=intensityPreset)
+        params = SegmentParams(method=method, tau=tau, context=context, propagate=propagate,
+                               intensity_preset=intensityPreset)
         try:
             params.validate()
             return volume, centerline, preflight(volume, centerline, params, mask_nonfinite=maskNonFinite)
@@ -182,7 +183,7 @@ class SPDSegmentMRMLLogic:
     def process(self, volumeNode, centerlineNode, segmentationNode=None, segmentName: str = "SPD",
                 method: str = "spd", backend: str = "litemedsam", checkpoint: str | None = None,
                 decoder: str | None = None, prior: str | None = None, tau: float | None = None,
-                context: int = 2, consistency: bool = False, fallback: str = "empty",
+                context: int = 2, consistency: bool = False, fallback: str = "empty", propagate: bool = True,
                 intensityPreset: str = "auto", device: str = "auto", runtime: str = "auto",
                 showSaliency: bool = False, showPrompts: bool = True, maskNonFinite: bool = False,
                 force: bool = False, progress: Callable[[float, str], None] | None = None,
@@ -204,7 +205,7 @@ class SPDSegmentMRMLLogic:
         if not segmentName or not segmentName.strip():
             raise SPDInputError("give the new segment a name")
         params = SegmentParams(method=method, tau=tau, context=context, consistency=consistency,
-                               fallback=fallback, intensity_preset=intensityPreset)
+                               fallback=fallback, propagate=propagate, intensity_preset=intensityPreset)
         try:
             params.validate()
             checked = preflight(volume, centerline, params, mask_nonfinite=maskNonFinite)

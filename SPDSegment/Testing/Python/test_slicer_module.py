@@ -499,3 +499,35 @@ def test_update_on_edit_reruns_into_the_same_segment_and_leaves_other_segments_a
     assert after[:12].any() and not after[15:].any(), \
         "the re-run follows the edited curve (its slices +- the context of 2), not the old one"
     np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(mine, own, volume), edit)
+
+
+def test_the_fill_gaps_box_reaches_the_run_and_off_leaves_a_long_gap_empty():
+    """The panel's "Fill gaps" (parameter ``propagate``, on by default): points on slices 0-5 and
+    16-23 of the phantom, none between. On, the tracked vessel prompts slices 8-13, more than n = 2
+    slices from any point; off, they stay empty and the rest is the same."""
+    widget = _widget()
+    assert widget._parameterNode.propagate is True and widget.ui.propagateCheckBox.checked is True
+    volume, _curve, truth = _tube_scene()
+    import SPDSegment
+
+    centres = SPDSegment.SPDSegmentTest._syntheticTube()[3]
+    points = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "gapped")
+    slicer.util.updateMarkupsControlPointsFromArray(points, np.r_[centres[:6], centres[16:]])
+    p = widget._parameterNode
+    p.inputVolume, p.centerline, p.intensityPreset, p.device = volume, points, "ct-angio", "cpu"
+    masks = {}
+    for fill in (True, False):
+        p.propagate, p.outputSegmentation = fill, None
+        widget._checkCanApply()
+        widget.ui.applyButton.click()
+        assert not [d for d in DIALOGS if d[0] == "error"], DIALOGS
+        out = widget._lastOutput
+        assert out.summary["params"]["propagate"] is fill
+        masks[fill] = slicer.util.arrayFromSegmentBinaryLabelmap(out.segmentationNode, out.segmentId, volume)
+    gap = slice(8, 14)
+    assert masks[True][gap].any(axis=(1, 2)).all() and not masks[False][gap].any()
+    from SPDSegmentLib.evaluation.metrics import dice
+
+    assert dice(masks[True][gap], truth[gap]) > 0.7
+    np.testing.assert_array_equal(masks[True][:6], masks[False][:6])
+    assert widget.logic.getParameterNode().propagate is False, "the choice is kept in the scene"

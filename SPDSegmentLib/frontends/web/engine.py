@@ -176,6 +176,7 @@ class RunRequest:
     prior: str | None = None
     tau: float | None = None
     intensity_preset: str = "auto"
+    propagate: bool = True
     device: str = "auto"
     extra: dict = field(default_factory=dict)
 
@@ -214,7 +215,8 @@ def start_run(engine: SharedEngine, logic: SessionLogic, request: RunRequest,
         handle.progress(0.0, "loading the model" if not engine.loads else "starting")
         return logic.process(request.volume_node, request.centerline_node, request.segmentation_node,
                              segmentName=request.segment_name, method=request.method, prior=request.prior,
-                             tau=request.tau, intensityPreset=request.intensity_preset, device=request.device,
+                             tau=request.tau, intensityPreset=request.intensity_preset, propagate=request.propagate,
+                             device=request.device,
                              showSaliency=True, showPrompts=True, progress=handle.progress,
                              cancel=lambda: handle.cancelled, **request.extra)
 

@@ -1,4 +1,4 @@
-"""Run panel: method, prior and tau; Run with a progress bar and Cancel; review of the result
+"""Run panel: method, prior, tau, window and gap filling; Run with a progress bar and Cancel; review of the result
 (kept / rejected / borrowed prompts as coloured markups, the saliency overlay, the warnings)."""
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ class RunPanel:
         state.tau_auto = True
         state.tau = 0.5
         state.intensity_preset = "auto"
+        state.propagate = True
         state.intensity_presets = list(PRESETS)
         state.running = False
         state.progress = 0
@@ -71,7 +72,8 @@ class RunPanel:
         request = RunRequest(volume_node=ctx.volume_node, centerline_node=ctx.centerline_node,
                              segmentation_node=ctx.segmentation_node, segment_name="SPD", method=state.method,
                              prior=state.prior, tau=None if state.tau_auto else float(state.tau),
-                             intensity_preset=state.intensity_preset, device=ctx.engine.device)
+                             intensity_preset=state.intensity_preset, propagate=bool(state.propagate),
+                             device=ctx.engine.device)
         handle = RunHandle(asyncio.get_event_loop(), self._progress)
         queued = ctx.engine.busy
         try:
@@ -203,6 +205,8 @@ class RunPanel:
                                thumb_label=True, classes="ml-2")
                 v3.VSelect(v_model=("intensity_preset",), items=("intensity_presets",), label="intensity window",
                            density="compact", hide_details=True, id="spd-preset", disabled=("running",))
+                v3.VCheckbox(v_model=("propagate",), label="fill gaps with the tracked structure", density="compact",
+                             hide_details=True, id="spd-propagate", disabled=("running",))
                 with html.Div(classes="d-flex mt-2"):
                     v3.VBtn("Run", click=self.run, color="primary", size="small", id="spd-run",
                             disabled=("running || !volume_name || cl_points < 1",))
