@@ -88,5 +88,10 @@ def test_gap_filling_switch_reaches_the_run_and_evaluate_refuses_per_run_switche
         code = main(["evaluate", "--cases", str(tmp_path / "none"), "--out", str(tmp_path / "out"), *extra])
         assert code == 2
         err = capsys.readouterr().err
-        assert extra[0] in err and "--methods" in err, err
+        assert f"{extra[0]} would be ignored" in err and "--methods" in err, err
     assert not (tmp_path / "out").exists(), "refused before anything is written"
+    # the switches' defaults, given explicitly, and no switch at all are not refused (the missing folder is)
+    assert main(["evaluate", "--cases", str(tmp_path / "none"), "--out", str(tmp_path / "out"), "--method", "spd",
+                 "--fallback", "empty"]) == 2
+    err = capsys.readouterr().err
+    assert "would be ignored" not in err and "none" in err, err

@@ -501,10 +501,12 @@ def test_fill_gaps_off_reaches_the_run_and_leaves_the_gap_empty(open_page, artef
     assert page.is_checked("#spd-propagate")
     filled = run_to_end(page)
     assert filled["message_type"] in ("success", "warning"), filled["message"]
+    assert filled["run_params"]["propagate"] is True
     page.click("#spd-propagate")
     wait_for(lambda: not page.is_checked("#spd-propagate"), 10, "the box to clear")
     empty = run_to_end(page)
     assert empty["message_type"] in ("success", "warning"), empty["message"]
+    assert empty["run_params"]["propagate"] is False, "the box's state reached the run"
     voxels = [s["voxels"] for s in empty["segments"]]
     assert len(voxels) == 2 and 0 < voxels[1] < voxels[0], voxels
     page.screenshot(path=str(artefacts / "fill-gaps-off.png"))

@@ -64,7 +64,8 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
                    help="slice with no consensus point: leave empty (default) or use the saliency peak")
     g.add_argument("--no-propagate", dest="propagate", action="store_false",
                    help="leave slices without trusted points (gaps, rejected drift) empty instead of prompting "
-                        "them with the region the prior followed through them (spd and local)")
+                        "them with the region the prior followed through them (spd and local; --consistency, "
+                        "when given, still carries the previous slice's mask into them)")
     g.add_argument("--preset", choices=PRESETS, default="auto",
                    help="intensity window: CT presets by HU, 'mri' by percentiles, 'auto' guesses")
     g = p.add_argument_group("model")
@@ -278,8 +279,9 @@ def _refuse_per_run_options(args) -> None:
              if used]
     if given:
         raise ValueError(f"{args.command} compares methods, each with its own switches: {', '.join(given)} would be "
-                         "ignored; choose the methods with --methods (e.g. spd-continuity runs without propagation, "
-                         "spd+psc with slice consistency)")
+                         "ignored; choose the methods with --methods (spd-propagation is spd-continuity plus "
+                         "propagation, spd+psc is spd with slice consistency, raw and local are their own methods; "
+                         "no method uses --fallback peak)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -530,4 +530,5 @@ def test_the_fill_gaps_box_reaches_the_run_and_off_leaves_a_long_gap_empty():
 
     assert dice(masks[True][gap], truth[gap]) > 0.7
     np.testing.assert_array_equal(masks[True][:6], masks[False][:6])
-    assert widget.logic.getParameterNode().propagate is False, "the choice is kept in the scene"
+    again = _widget()  # the module entered again: the box shows the choice kept in the scene's parameter node
+    assert again.ui.propagateCheckBox.checked is False

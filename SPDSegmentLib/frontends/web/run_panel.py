@@ -206,7 +206,7 @@ class RunPanel:
                 v3.VSelect(v_model=("intensity_preset",), items=("intensity_presets",), label="intensity window",
                            density="compact", hide_details=True, id="spd-preset", disabled=("running",))
                 v3.VCheckbox(v_model=("propagate",), label="fill gaps with the tracked structure", density="compact",
-                             hide_details=True, id="spd-propagate", disabled=("running",))
+                             hide_details=True, id="spd-propagate", disabled=("running || method == 'raw'",))
                 with html.Div(classes="d-flex mt-2"):
                     v3.VBtn("Run", click=self.run, color="primary", size="small", id="spd-run",
                             disabled=("running || !volume_name || cl_points < 1",))

@@ -131,9 +131,10 @@ class WebSession:
             node = ctx.centerline_node
             points = [list(node.GetNthControlPointPositionWorld(i)) for i in range(node.GetNumberOfControlPoints())]
             centerline = {"id": node.GetID(), "class": node.GetClassName(), "points": points}
-        prompts = {}
+        prompts, run_params = {}, None
         if self.run.output is not None:
             prompts = {status: node.GetNumberOfControlPoints() for status, node in self.run.output.promptNodes.items()}
+            run_params = self.run.output.summary.get("params")
         views = {}
         for view in self.slicer_app.view_manager.get_slice_views():
             node = view.get_view_node()
@@ -148,7 +149,7 @@ class WebSession:
         state = self.server.state
         return {"token": self.token, "volume": volume, "centerline": centerline,
                 "segmentation": None if ctx.segmentation_node is None else ctx.segmentation_node.GetID(),
-                "segments": self.editor.describe(), "prompts": prompts,
+                "segments": self.editor.describe(), "prompts": prompts, "run_params": run_params,
                 "saliency": bool(self.run.output and self.run.output.saliencyNode is not None),
                 "views": views, "nodes": nodes, "running": bool(state.running),
                 "progress": state.progress, "message": state.message, "message_type": state.message_type,
