@@ -243,8 +243,7 @@ class SPDSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("SPDSegment cannot use these inputs."), waitCursor=True):
             self.logic.engine.validateInputs(p.inputVolume, p.centerline, p.outputSegmentation, p.segmentName,
                                              method=p.method, tau=p.tau, context=p.context,
-                                             intensityPreset=p.intensityPreset, maskNonFinite=p.maskNonFinite,
-                                             propagate=p.propagate)
+                                             intensityPreset=p.intensityPreset, maskNonFinite=p.maskNonFinite)
 
     def _runSegmentation(self, replace=None) -> None:
         from SPDSegmentLib.method.pipeline import Cancelled
@@ -265,8 +264,7 @@ class SPDSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     p.inputVolume, p.centerline, p.outputSegmentation, p.segmentName, method=p.method,
                     backend=p.backend, checkpoint=checkpoint, prior=p.prior, tau=p.tau, context=p.context,
                     consistency=p.consistency, propagate=p.propagate, intensityPreset=p.intensityPreset,
-                    device=p.device,
-                    maskNonFinite=p.maskNonFinite, showSaliency=p.showSaliency, showPrompts=p.showPrompts,
+                    device=p.device, maskNonFinite=p.maskNonFinite, showSaliency=p.showSaliency, showPrompts=p.showPrompts,
                     progress=progress, cancel=lambda: self._cancelRequested, replace=replace)
             except Cancelled:
                 self.ui.progressBar.setValue(0)

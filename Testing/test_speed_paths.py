@@ -168,8 +168,9 @@ def studies(cta, cta_centerline, tmp_path_factory):
 
 def test_segment_batch_on_dask_equals_a_serial_run_and_survives_a_failing_study(studies, tmp_path):
     from SPDSegmentLib.frontends.batch import EngineOptions, run_batch
+    from SPDSegmentLib.method.pipeline import SegmentParams
 
-    options = EngineOptions(device="cpu", threads=1, propagate=False)  # a non-default switch reaches the workers
+    options = EngineOptions(device="cpu", threads=1, params=SegmentParams(propagate=False))  # reaches the workers
     serial = run_batch(studies, tmp_path / "serial", options, serial=True, log=lambda *a: None)
     parallel = run_batch(studies, tmp_path / "dask", options, workers=2, log=lambda *a: None)
     status = {r["study"]: r["status"] for r in parallel}

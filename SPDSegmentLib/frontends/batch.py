@@ -13,10 +13,11 @@ import json
 import os
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..evaluation.cases import case_folders
+from ..method.pipeline import SegmentParams
 
 _WORKER_ENGINES: dict = {}  # per worker process: model options -> (backend, prior name)
 
@@ -30,13 +31,7 @@ class EngineOptions:
     device: str = "cpu"
     runtime: str = "auto"
     prior: str | None = None
-    method: str = "spd"
-    tau: float | None = None
-    context: int = 2
-    consistency: bool = False
-    fallback: str = "empty"
-    propagate: bool = True
-    preset: str = "auto"
+    params: SegmentParams = field(default_factory=SegmentParams)  # its window yields to a study's case.json
     threads: int = 1  # per worker: several workers must not oversubscribe the cores
     overwrite: bool = False
 
@@ -91,16 +86,14 @@ def segment_study(folder: str, out_dir: str, options: EngineOptions) -> dict:
     try:
         from ..io import guard_output, read_markups, read_volume, write_segmentation
         from ..method.checks import preflight
-        from ..method.pipeline import SegmentParams, segment
+        from ..method.pipeline import segment
 
         study = next(s for s in find_studies(folder.parent) if s.name == folder.name)
         out = out_dir / study.name / "segmentation.seg.nrrd"
         guard_output(out, options.overwrite, create_parent=False)
         volume = read_volume(study.image, study.name)
         centerline = read_markups(study.centerline)
-        params = SegmentParams(method=options.method, tau=options.tau, context=options.context,
-                               consistency=options.consistency, fallback=options.fallback,
-                               propagate=options.propagate, intensity_preset=study.info.get("preset", options.preset))
+        params = replace(options.params, intensity_preset=study.info.get("preset", options.params.intensity_preset))
         checked = preflight(volume, centerline, params)
         backend, prior = _engine(options)
         result = segment(checked.volume, centerline, backend, prior, params, checked=checked)

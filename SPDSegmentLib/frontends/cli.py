@@ -271,12 +271,18 @@ def cmd_segment(args) -> int:
     return status
 
 
+PER_RUN_OPTIONS = {"method": "--method", "consistency": "--consistency", "fallback": "--fallback",
+                   "propagate": "--no-propagate"}
+
+
 def _refuse_per_run_options(args) -> None:
     """``evaluate`` runs every method with its own switches (the ``--methods`` list), so the options
-    that set one run's prompts would be ignored there: refuse them rather than ignore them."""
-    given = [flag for flag, used in (("--method", args.method != "spd"), ("--consistency", args.consistency),
-                                     ("--fallback", args.fallback != "empty"), ("--no-propagate", not args.propagate))
-             if used]
+    that set one run's prompts would be ignored there: refuse them rather than ignore them (any value
+    other than SegmentParams' default, which the command line's defaults are)."""
+    from ..method.pipeline import SegmentParams
+
+    defaults = SegmentParams()
+    given = [flag for dest, flag in PER_RUN_OPTIONS.items() if getattr(args, dest) != getattr(defaults, dest)]
     if given:
         raise ValueError(f"{args.command} compares methods, each with its own switches: {', '.join(given)} would be "
                          "ignored; choose the methods with --methods (spd-propagation is spd-continuity plus "
@@ -315,11 +321,8 @@ def main(argv: list[str] | None = None) -> int:
 
             device = "cpu" if args.device == "auto" and not _cuda() else args.device
             options = EngineOptions(backend=args.backend, checkpoint=str(args.checkpoint) if args.checkpoint else None,
-                                    device=device, runtime=args.runtime, prior=args.prior, method=args.method,
-                                    tau=args.tau, context=args.context, consistency=args.consistency,
-                                    fallback=args.fallback, propagate=args.propagate, preset=args.preset,
-                                    threads=args.threads,
-                                    overwrite=args.overwrite)
+                                    device=device, runtime=args.runtime, prior=args.prior,
+                                    params=segment_params(args), threads=args.threads, overwrite=args.overwrite)
             records = run_batch(args.cases, args.out, options, workers=args.workers, scheduler=args.scheduler,
                                 serial=args.serial)
             return 0 if all(r["status"] == "ok" for r in records) else 1

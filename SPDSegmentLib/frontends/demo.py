@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from ..evaluation import sample_data
@@ -12,8 +13,8 @@ from ..evaluation.metrics import evaluate
 from ..evaluation.noise import simulate
 from ..evaluation.skeleton import centerline_from_label
 from ..io import read_label, read_volume, write_centerline, write_markups, write_segmentation
-from ..method.pipeline import SegmentParams, segment
-from .cli_common import TqdmProgress, backend_and_prior
+from ..method.pipeline import segment
+from .cli_common import TqdmProgress, backend_and_prior, segment_params
 from .outputs import audit_markups
 
 
@@ -35,8 +36,7 @@ def run_demo(args) -> int:
     rows, results = [], {}
     saliency = None  # same prompts and prior for both methods: compute the prior once
     for method in ("raw", "spd"):
-        params = SegmentParams(method=method, tau=args.tau, context=args.context, consistency=args.consistency,
-                               fallback=args.fallback, propagate=args.propagate, intensity_preset=preset)
+        params = replace(segment_params(args), method=method, intensity_preset=preset)
         bar = TqdmProgress(f"{method:>4}", not args.quiet)
         start = time.perf_counter()
         try:

@@ -161,7 +161,7 @@ class SPDSegmentMRMLLogic:
 
     def validateInputs(self, volumeNode, centerlineNode, segmentationNode=None, segmentName: str = "SPD",
                        method: str = "spd", tau: float | None = None, context: int = 2,
-                       intensityPreset: str = "auto", maskNonFinite: bool = False, propagate: bool = True):
+                       intensityPreset: str = "auto", maskNonFinite: bool = False):
         """Every check that needs no model (numpy and scipy only), so a front end can refuse bad
         inputs before offering to install or load anything. Returns the engine inputs."""
         from SPDSegmentLib.method.checks import InputRefused, preflight
@@ -172,8 +172,7 @@ class SPDSegmentMRMLLogic:
         self.checkOutputNode(segmentationNode)
         if not segmentName or not segmentName.strip():
             raise SPDInputError("give the new segment a name")
-        params = SegmentParams(method=method, tau=tau, context=context, propagate=propagate,
-                               intensity_preset=intensityPreset)
+        params = SegmentParams(method=method, tau=tau, context=context, intensity_preset=intensityPreset)
         try:
             params.validate()
             return volume, centerline, preflight(volume, centerline, params, mask_nonfinite=maskNonFinite)
