@@ -46,10 +46,13 @@ def _run(slab, centerline, backend, prior: str, **params):
 
 @pytest.fixture(scope="module")
 def soft_tissue_drift(cta, backend):
-    """The drift lands in the soft tissue beside the aorta (mean about 30 HU)."""
+    """The drift lands in the soft tissue beside the aorta (mean about 30 HU). Also run with the
+    optional appearance gate (``sam-track-gated``): this aorta is dissected, and what the gate does to
+    its false lumen is a limit of its own, below."""
     slab, ref, centerline = _descending_aorta_with_drift_and_gap(cta, 158.0)
     runs = {"track": _run(slab, centerline, backend, "sam-track"),
             "track, no propagation": _run(slab, centerline, backend, "sam-track", propagate=False),
+            "track, appearance gate": _run(slab, centerline, backend, "sam-track-gated"),
             "votes": _run(slab, centerline, backend, "sam-votes", propagate=False)}
     masks = {k: slab.with_array(r.mask).slices() > 0 for k, r in runs.items()}
     return ref, runs, masks
@@ -83,6 +86,29 @@ def test_a_gap_longer_than_n_slices_is_filled_by_propagation(soft_tissue_drift):
     without = masks["track, no propagation"]
     assert not any(without[t].any() for t in range(GAP.start + 3, GAP.stop - 3))
     assert dice(masks["track"][GAP], ref[GAP]) > dice(without[GAP], ref[GAP]) + 0.3
+
+
+def test_the_appearance_gate_keeps_the_drift_rejected_and_the_gap_filled(soft_tissue_drift):
+    ref, runs, masks = soft_tissue_drift
+    gated = runs["track, appearance gate"]
+    assert {p.slice for p in _points(gated, "rejected")} >= set(range(DRIFT.start, DRIFT.stop))
+    assert all(ref[p.slice][p.pixel] for p in _points(gated, "kept")), "no drifted point is kept"
+    assert all(masks["track, appearance gate"][t].any() for t in range(GAP.start, GAP.stop))
+    assert dice(masks["track, appearance gate"][DRIFT], ref[DRIFT]) > 0.7  # 0.79 measured; 0.97 ungated
+    assert dice(masks["track, appearance gate"][GAP], ref[GAP]) > 0.5  # 0.60 measured; 0.84 ungated
+
+
+@pytest.mark.xfail(strict=True, reason="known limit of the appearance gate forced on CT (sam-track-gated; the default "
+                                       "gates MRI only): the aorta is dissected and the label holds the darker false "
+                                       "lumen; where a slice has no point of its own (the gap, the rejected drift) "
+                                       "the appearance gate cannot put the false lumen back, so the propagated box "
+                                       "covers the bright true lumen only (DSC 0.79 against 0.97 on the drift, "
+                                       "0.60 against 0.84 on the gap, without the gate; docs/method.md, 'The appearance gate')")
+def test_known_limit_the_appearance_gate_trims_a_false_lumen_where_no_point_lies(soft_tissue_drift):
+    ref, _, masks = soft_tissue_drift
+    for stretch in (DRIFT, GAP):
+        assert dice(masks["track, appearance gate"][stretch], ref[stretch]) > \
+            dice(masks["track"][stretch], ref[stretch]) - 0.02
 
 
 @pytest.mark.xfail(strict=True, reason="known limit: an abrupt 22 mm drift onto the vertebra for 11 slices is "

@@ -9,7 +9,8 @@ machine is noisy: compare the ratios, not absolute seconds across runs).
 3. SPD end to end vs plain SAM on the same slices (plain: one box around each slice's raw point
    cluster, no prior), both starting from empty caches, the median of 3 alternating pairs (2. and 4.
    are from the median pair's SPD run);
-4. the 3-D continuity step itself (the tracker's own work, SAM calls excluded), per slice;
+4. the 3-D continuity step itself (the tracker's own work, SAM calls excluded), per slice; and the
+   appearance gate that trims its maps on MRI, per slice of the MR sample (no SAM involved);
 5. a re-run after one point moves (what "update on edit" does), in total and per affected slice;
 6. peak resident memory of a run on a 512 x 512 x 300 CT (the DICOM sample resampled, here only);
 7. segment-batch on Dask with 2 workers vs a serial run of the same studies;
@@ -153,6 +154,27 @@ def stages_and_plain(volume, centerline, device: str, pairs: int = 3) -> None:
           f"{rerun / window:.3f} s per slice of the moved point's window ({window} slices)")
 
 
+def appearance_gate(repeats: int = 5) -> None:
+    """The gate's own cost on the MR sample: the aorta's label slices stand in for the tracker's maps
+    (the gate's work, a smoothing and two labellings per slice, does not depend on what the map holds)."""
+    from SPDSegmentLib.method.appearance_gate import AppearanceGate, gate_maps
+
+    volume = read_volume(sample_data.path("abdomen_mr/image.nii.gz"), "abdomen_mr")
+    value = next(v for v, n in sample_data.class_map("abdomen_mr").items() if n == "aorta")
+    label = (read_volume(sample_data.path("abdomen_mr/labels.nii.gz")).array == value).astype(np.uint8)
+    prompts = slice_prompts(centerline_from_label(volume, label), volume)
+    ref = volume.with_array(label).slices()
+    maps = {t: ref[t].astype(np.float32) for t in range(len(ref)) if ref[t].any()}
+    slices = volume.slices()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        gate_maps(maps, slices, prompts, AppearanceGate())
+        times.append(time.perf_counter() - start)
+    print(f"4b. the appearance gate (MRI): {1000 * float(np.median(times)) / len(maps):.2f} ms per slice "
+          f"({len(maps)} slices of {slices.shape[1]} x {slices.shape[2]}, the median of {repeats})")
+
+
 RSS_CHILD = r"""
 import json, resource, sys, numpy as np, SimpleITK as sitk
 from SPDSegmentLib.evaluation import sample_data
@@ -243,6 +265,7 @@ def main() -> None:
     volume, centerline = _cta_run(args.slices)
     encoder(volume, args.device)
     stages_and_plain(volume, centerline, args.device)
+    appearance_gate()
     if not args.skip_rss:
         peak_rss(args.device)
     if not args.skip_batch:

@@ -8,7 +8,8 @@ Methods (only the prompt set or the prior changes; LiteMedSAM, windowing and sli
   spd-votes        CPD with the window-voting prior (``sam-votes``, the previous release's SPD)
   spd-continuity   + 3-D continuity: the ``sam-track`` prior, with fixed seed boxes and no growth
   spd-propagation  + propagation of the tracked structure into slices without trusted points
-  spd              + extent from the image (gated seed sizes and growth): the full method
+  spd-extent       + extent from the image (seed sizes chosen by SAM's confidence, and growth)
+  spd              + the appearance gate on MRI (the prior trimmed to tissue like the points'): the full method
   spd+psc          SPD with the inference-time slice-consistency step
   spd-<prior>  SPD with the second prior: a trained prior (file or shipped name) when given, else the
                intensity prior. A trained prior runs only on cases of the structure it was trained for,
@@ -41,8 +42,8 @@ from .metrics import evaluate
 from .noise import SEVERITIES, simulate
 from .skeleton import centerline_from_label
 
-METHODS = ("raw", "random", "box", "local", "spd-votes", "spd-continuity", "spd-propagation", "spd", "spd+psc",
-           "spd-prior2", "oracle-prior", "label-box")
+METHODS = ("raw", "random", "box", "local", "spd-votes", "spd-continuity", "spd-propagation", "spd-extent", "spd",
+           "spd+psc", "spd-prior2", "oracle-prior", "label-box")
 
 
 @dataclass(frozen=True)
@@ -63,18 +64,20 @@ PROMPT_METHODS = {
     "spd-votes": PromptMethod("spd", "sam-votes", propagate=False),
     "spd-continuity": PromptMethod("spd", "sam-track/fixed-boxes", propagate=False),
     "spd-propagation": PromptMethod("spd", "sam-track/fixed-boxes"),
+    "spd-extent": PromptMethod("spd", "sam-track-ungated"),
     "spd": PromptMethod("spd"),
     "spd+psc": PromptMethod("spd", consistency=True),
 }
 
 
 def load_method_prior(spec: str, backend):
-    """A prior by name, plus the ablation variant ``sam-track/fixed-boxes`` (no extent from the image)."""
+    """A prior by name, plus the ablation variant ``sam-track/fixed-boxes`` (no extent from the image,
+    no appearance gate)."""
     if spec == "sam-track/fixed-boxes":
         from ..method.continuity import TrackingParams
         from ..method.saliency import TrackPrior
 
-        return TrackPrior(params=TrackingParams(extent=False))
+        return TrackPrior(params=TrackingParams(extent=False), gate=None)
     return load_prior(spec, backend)
 UPPER_BOUNDS = ("oracle-prior", "label-box")  # use the label: bounds to judge methods by, never results
 COLUMNS = ("case", "method", "severity", "dsc", "iou", "hd95_mm", "asd_mm", "volumetric_dsc", "slice_dsc", "seconds",

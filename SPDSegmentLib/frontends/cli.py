@@ -51,9 +51,14 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--method", choices=MODES, default="spd",
                    help="spd: distilled consensus prompts (default); raw: every centerline point as is; "
                         "local: saliency check on the slice's own points only")
-    g.add_argument("--prior", default="sam-track", metavar="sam-track|sam-votes|intensity|trained-aorta|FILE",
+    g.add_argument("--prior", default="sam-track",
+                   metavar="sam-track|sam-track-gated|sam-track-ungated|sam-votes|intensity|trained-aorta|FILE",
                    help="saliency prior: 'sam-track' (training-free, default: the structure followed through the "
-                        "slices, 3-D continuity), 'sam-votes' (training-free, window votes), 'intensity' (training-free, "
+                        "slices, 3-D continuity; on MRI trimmed to tissue that looks like the curve's points, "
+                        "where SAM's masks run into fat and organs), 'sam-track-gated' (trimmed on CT too), "
+                        "'sam-track-ungated' (never trimmed: for a structure whose content varies beside the "
+                        "curve, e.g. bowel with air and stool), "
+                        "'sam-votes' (training-free, window votes), 'intensity' (training-free, "
                         "no SAM, for homogeneous structures), a shipped trained prior ('trained-aorta') or a "
                         "prior.pt made by train-prior")
     g.add_argument("--tau", type=_tau, default=None, help="saliency threshold in [0, 1) (default: the prior's, 0.5)")
@@ -207,7 +212,9 @@ def _build_parser() -> argparse.ArgumentParser:
                                    "noisy centerlines; loss Dice + Focal + lambda * PSC (one direction). Reports "
                                    "point-only validation Dice before and after.")
     p.add_argument("--cases", type=Path, required=True)
-    p.add_argument("--prior", required=True, help="prior.pt from train-prior, or sam-track / sam-votes / intensity")
+    p.add_argument("--prior", required=True,
+                   help="prior.pt from train-prior, or sam-track / sam-track-gated / sam-track-ungated / sam-votes / "
+                        "intensity")
     p.add_argument("--out", type=Path, required=True, help="output decoder file, e.g. decoder.pt")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--lambda-psc", type=float, default=0.5, help="weight of the pairwise slice consistency loss")
@@ -286,7 +293,7 @@ def _refuse_per_run_options(args) -> None:
     if given:
         raise ValueError(f"{args.command} compares methods, each with its own switches: {', '.join(given)} would be "
                          "ignored; choose the methods with --methods (spd-propagation is spd-continuity plus "
-                         "propagation, spd+psc is spd with slice consistency, raw and local are their own methods; "
+                         "propagation, spd-extent is spd without the appearance gate, spd+psc is spd with slice consistency, raw and local are their own methods; "
                          "no method uses --fallback peak)")
 
 

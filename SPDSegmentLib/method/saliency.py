@@ -40,6 +40,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..volume import Volume
+from .appearance_gate import AppearanceGate, gate_maps, point_intensity_model
 from .prompts import SlicePrompts
 
 log = logging.getLogger(__name__)
@@ -86,20 +87,7 @@ class AppearanceTrackPrior:
     stats: dict = field(default_factory=dict)
 
     def _appearance_model(self, slices: np.ndarray, prompts: SlicePrompts) -> tuple[float, float]:
-        values = []
-        for s, points in prompts.items():
-            img = slices[s]
-            for p in points:
-                r, c = p.pixel
-                patch = img[max(0, r - 1): r + 2, max(0, c - 1): c + 2]
-                values.append(float(np.median(patch)))
-        values = np.asarray(values)
-        mu = float(np.median(values))
-        sigma = 1.4826 * float(np.median(np.abs(values - mu)))
-        sample = slices[:: max(1, len(slices) // 32)]
-        lo, hi = np.percentile(sample, [1, 99])
-        sigma = max(sigma, self.min_sigma_fraction * float(hi - lo), 1e-3)
-        return mu, sigma
+        return point_intensity_model(slices, prompts, self.min_sigma_fraction)
 
     def compute(self, inputs: PriorInputs, slice_indices: list[int]) -> dict[int, np.ndarray]:
         if not inputs.prompts:
@@ -223,15 +211,27 @@ class SamVotePrior:
 class TrackPrior:
     """Training-free prior from 3-D continuity (:mod:`~SPDSegmentLib.method.continuity`): the SAM
     objects that the curve's points support, followed slice to slice through gaps and drift, with
-    drift excursions rejected whatever their length. 1 on the kept objects, 0 elsewhere."""
+    drift excursions rejected whatever their length. 1 on the kept objects, 0 elsewhere, then, on
+    volumes windowed as MRI, trimmed by the appearance gate
+    (:mod:`~SPDSegmentLib.method.appearance_gate`) to the tissue that looks like the points: there
+    SAM's masks run into the fat and organs beside small structures. On CT the gate is off by default:
+    the masks already follow the calibrated contrast, and trimming cost the structures whose content
+    varies beside the curve (colon air, a dissected aorta's false lumen). ``gate_presets=None`` gates
+    every volume (``sam-track-gated``), ``gate=None`` none (``sam-track-ungated``)."""
 
     name: str = "sam-track"
     default_tau: float = 0.5
     embeds: str = "all"
     training_free: bool = True
     params: object = None  # continuity.TrackingParams; None: the defaults
+    gate: AppearanceGate | None = field(default_factory=AppearanceGate)
+    gate_presets: tuple[str, ...] | None = ("mri",)  # window presets the gate applies to; None: all
     stats: dict = field(default_factory=dict)
     last: object = None  # the last continuity.TrackingResult, for audit and figures
+
+    def gates(self, preset: str) -> bool:
+        """Whether the appearance gate trims a run windowed with ``preset`` (the resolved one)."""
+        return self.gate is not None and (self.gate_presets is None or preset in self.gate_presets)
 
     def compute(self, inputs: PriorInputs, slice_indices: list[int]) -> dict[int, np.ndarray]:
         from .continuity import Tracker
@@ -244,7 +244,15 @@ class TrackPrior:
         self.last = result
         self.stats = {"decodes": result.decodes, "objects": len(result.objects), "kept": len(result.kept),
                       "reasons": dict(result.reasons)}
-        return result.maps(list(slice_indices), inputs.volume.slice_shape)
+        maps = result.maps(list(slice_indices), inputs.volume.slice_shape)
+        preset = inputs.intensity_preset
+        if preset == "auto":  # the pipeline passes the resolved window; another caller may not
+            from .windowing import volume_window
+
+            preset = volume_window(inputs.volume, "auto").preset
+        if self.gates(preset):
+            maps, self.stats["appearance_gate"] = gate_maps(maps, inputs.volume.slices(), inputs.prompts, self.gate)
+        return maps
 
 
 # --- trained head ----------------------------------------------------------------------------------
@@ -382,11 +390,16 @@ def shipped_priors() -> dict[str, Path]:
 
 
 def load_prior(spec: str | None, backend=None) -> SaliencyPrior:
-    """``None`` / ``"sam-track"`` -> :class:`TrackPrior` (the default); ``"sam-votes"`` -> :class:`SamVotePrior`;
+    """``None`` / ``"sam-track"`` -> :class:`TrackPrior` (the default: its appearance gate on MRI only;
+    ``"sam-track-gated"``: on every volume, ``"sam-track-ungated"``: on none); ``"sam-votes"`` -> :class:`SamVotePrior`;
     ``"intensity"`` -> :class:`AppearanceTrackPrior`;
     ``"trained-<structure>"`` -> a shipped trained prior; anything else is a path to a prior.pt file."""
     if spec in (None, "", "sam-track", "training-free"):
         return TrackPrior()
+    if spec == "sam-track-gated":
+        return TrackPrior(name="sam-track-gated", gate_presets=None)
+    if spec == "sam-track-ungated":
+        return TrackPrior(name="sam-track-ungated", gate=None)
     if spec == "sam-votes":
         return SamVotePrior()
     if spec == "intensity":

@@ -17,7 +17,7 @@ from .engine import RunHandle, RunRequest, SessionLogic, start_run
 
 log = logging.getLogger(__name__)
 
-TRAINING_FREE_PRIORS = ("sam-track", "sam-votes", "intensity")
+TRAINING_FREE_PRIORS = ("sam-track", "sam-track-gated", "sam-track-ungated", "sam-votes", "intensity")
 SALIENCY_OPACITY = 0.5
 SALIENCY_COLORS = "vtkMRMLColorTableNodeWarm1"  # yellow (low) -> orange -> red (high)
 
