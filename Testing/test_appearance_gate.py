@@ -129,8 +129,8 @@ def test_the_ablation_keeps_the_earlier_priors_ungated(backend):
 
 def test_gate_slice_fills_holes_restores_held_pieces_and_takes_a_point_on_the_edge():
     """Synthetic, every rule at once: a ring of target tissue around a hole of other content is kept
-    whole; a piece of other content beside it goes, unless one of the slice's points lies on it; a
-    point whose rounded pixel falls past the last row is clipped, not an IndexError."""
+    whole; a piece of other content beside it goes, unless one of the slice's points lies on it (the
+    last row and column included: ``slice_prompts`` puts an edge crossing on the edge pixel)."""
     image = np.full((20, 20), 100.0, dtype=np.float32)
     image[8:11, 8:11] = 900.0  # a hole of other content inside the target
     image[:, 15:] = 900.0  # a neighbour of other content, along the right edge
@@ -140,10 +140,10 @@ def test_gate_slice_fills_holes_restores_held_pieces_and_takes_a_point_on_the_ed
     plain = gate_slice(saliency, image, [], 100.0, 10.0, gate) > 0.5
     assert plain[4:15, 4:15].all(), "the hole inside the target is filled back"
     assert not plain[:, 15:].any(), "the neighbour goes"
-    held = gate_slice(saliency, image, [PromptPoint(0, 19.6, 19.6)], 100.0, 10.0, gate) > 0.5
-    assert not held[4:15, 15:].any(), "the point rounds to (20, 20), clipped to (19, 19): off the map, holds nothing"
-    edge = gate_slice(saliency, image, [PromptPoint(0, 14.4, 19.6)], 100.0, 10.0, gate) > 0.5
-    assert edge[4:15, 15:].all(), "a point on the neighbour (clipped to its last column) keeps it"
+    held = gate_slice(saliency, image, [PromptPoint(0, 19.0, 19.0)], 100.0, 10.0, gate) > 0.5
+    assert not held[4:15, 15:].any(), "a point in the corner, off the map, holds nothing"
+    edge = gate_slice(saliency, image, [PromptPoint(0, 14.0, 19.0)], 100.0, 10.0, gate) > 0.5
+    assert edge[4:15, 15:].all(), "a point on the neighbour (in its last column) keeps it"
     assert not gate_slice(np.zeros_like(saliency), image, [], 100.0, 10.0, gate).any()
 
 

@@ -33,6 +33,22 @@ def test_a_u_shaped_curve_gives_two_separate_groups_on_one_slice():
     assert len({p.group for p in prompts[6]}) == 2
 
 
+def test_a_crossing_on_the_outer_half_of_an_edge_pixel_lands_on_that_pixel():
+    """Rounding ``rows - 0.5`` gives ``rows`` (round half to even on 30 - 0.5 = 29.5 -> 30) and
+    ``-0.6`` gives ``-1``, which numpy reads as the last row: both would index the wrong or no pixel
+    in CPD, the renderer, the priors and the gate. Kept points sit on the edge pixel instead."""
+    vol = _vol(np.diag([1.0, 1.0, 2.0, 1.0]))
+    rows, cols = vol.slice_shape
+    src = np.array([[2.0, rows - 0.5, 3.0], [3.0, 5.0, -0.5], [4.0, -0.4, cols - 0.5], [5.0, rows - 0.4, 3.0]])
+    prompts = slice_prompts(Centerline(vol.src_to_ras(src), ordered=False), vol)
+    assert sorted(prompts) == [2, 3, 4], "a point past the outer half is outside the volume and dropped"
+    assert [prompts[t][0].pixel for t in (2, 3, 4)] == [(rows - 1, 3), (5, 0), (0, cols - 1)]
+    assert (prompts[2][0].row, prompts[4][0].col) == (rows - 1.0, cols - 1.0)
+    image = np.zeros(vol.slice_shape)
+    for t in (2, 3, 4):
+        image[prompts[t][0].pixel] = t  # indexes without an IndexError or a wrap-around
+
+
 def test_point_list_keeps_points_within_half_a_voxel_and_drops_outside_points():
     vol = _vol(np.diag([1.0, 1.0, 2.0, 1.0]))
     src = np.array([[3.2, 4, 4], [3.6, 5, 5], [7.0, 6, 6], [7.0, 100, 6], [30.0, 6, 6]])

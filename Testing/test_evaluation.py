@@ -42,8 +42,9 @@ def test_results_csv_schema_and_report_on_a_real_mri_case(case_dir, backend, tmp
     assert "| abdomen_mr_aorta | train | mild |" in report
     assert "mean of 0 held-out" in report
     assert "![panels/panel_abdomen_mr_aorta_mild.png]" in report  # the report shows one severity's panels
-    for sev in ("mild", "severe"):  # the output folder holds them all
-        assert (tmp_path / "panels" / f"panel_abdomen_mr_aorta_{sev}.png").exists()
+    assert (tmp_path / "panels" / "panel_abdomen_mr_aorta_mild.png").exists()
+    assert not (tmp_path / "panels" / "panel_abdomen_mr_aorta_severe.png").exists(), \
+        "other severities' panels are drawn only with all_panels (they kept the committed report over 2 MB)"
     run = json.loads((tmp_path / "config.json").read_text())  # what produced the numbers
     assert (run["backend"], run["device"], run["runtime"]) == (backend.identity, backend.device, backend.runtime)
     assert run["methods"] == list(config.methods) and run["seed"] == 0
@@ -152,3 +153,25 @@ def test_the_preset_option_windows_cases_whose_folder_names_none(case_dir, backe
     (cases / "mr_aorta" / "case.json").unlink()
     _rows, art = evaluate_case(find_cases(cases)[0], backend, config, "mild")
     assert art["preset"] == "ct-soft"
+
+
+def test_spd_extent_reuses_the_maps_of_spd_on_ct_only():
+    """On CT the default prior does not gate, so ``spd-extent``'s maps are ``spd``'s: one key, one
+    tracking run. On MRI the gate trims ``spd``'s maps: two keys. Other specs keep their own."""
+    import numpy as np
+
+    from SPDSegmentLib.evaluation.harness import _maps_key, load_method_prior
+    from SPDSegmentLib.volume import Volume
+
+    rng = np.random.default_rng(0)
+    ct = Volume(rng.integers(-1000, 1500, (4, 16, 16)).astype(np.int16), np.eye(4))
+    mr = Volume(rng.integers(0, 900, (4, 16, 16)).astype(np.int16), np.eye(4))
+    specs = ("sam-track", "sam-track-ungated", "sam-track-gated", "sam-track/fixed-boxes", "sam-votes")
+    priors = {s: load_method_prior(s, None) for s in specs}
+    keys = {vol: {s: _maps_key(s, priors[s], v, "auto") for s in specs} for vol, v in (("ct", ct), ("mr", mr))}
+    assert keys["ct"]["sam-track"] == keys["ct"]["sam-track-ungated"]
+    assert keys["mr"]["sam-track"] != keys["mr"]["sam-track-ungated"]
+    for vol in ("ct", "mr"):
+        assert len(set(keys[vol].values()) - {keys[vol]["sam-track"], keys[vol]["sam-track-ungated"]}) == 3
+    assert _maps_key("sam-track", priors["sam-track"], ct, "mri") != keys["ct"]["sam-track-ungated"], \
+        "a CT windowed as MRI (an explicit preset) is gated"

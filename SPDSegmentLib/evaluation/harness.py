@@ -35,7 +35,7 @@ from scipy import ndimage
 from ..io import read_label, read_markups, read_volume
 from ..method.pipeline import NothingToSegment, SegmentParams, segment
 from ..method.prompts import Centerline, slice_prompts
-from ..method.saliency import load_prior
+from ..method.saliency import TrackPrior, load_prior
 from ..method.windowing import volume_window
 from .cases import Case, find_cases
 from .metrics import evaluate
@@ -95,6 +95,7 @@ class EvalConfig:
     tau: float | None = None
     context: int = 2
     preset: str = "auto"  # intensity window of cases whose case.json names none (a given centerline's folder)
+    all_panels: bool = False  # overlay panels of every severity, not only the one the report shows
 
 
 def box_prompts_masks(volume, backend, preset: str, boxes_per_slice: dict[int, list]) -> np.ndarray:
@@ -211,9 +212,10 @@ def evaluate_case(case: Case, backend, config: EvalConfig, severity: str, progre
     role = prior_role(second, case) if config.second_prior and "spd-prior2" in config.methods else None
     second_name = f"spd-{'trained' if config.second_prior else 'intensity'}"
     rows, masks, results, boxes = [], {}, {}, {}
-    shared: dict[str, dict] = {}  # prior spec -> its maps on the full prompt set, shared by the methods using it
+    shared: dict[str, dict] = {}  # _maps_key -> the maps on the full prompt set, shared by the methods using them
+    # spd first: it computes the maps it shares, so its time column is a whole run
     order = sorted(dict.fromkeys(config.methods), key=lambda m: (PROMPT_METHODS.get(m, PromptMethod("")).random_half,
-                                                                   m not in PROMPT_METHODS))
+                                                                   m not in PROMPT_METHODS, m != "spd"))
     if config.second_prior and "spd-prior2" in order and role is None:
         order.remove("spd-prior2")  # the trained prior is for another structure
     for i, method in enumerate(order):
@@ -228,9 +230,10 @@ def evaluate_case(case: Case, backend, config: EvalConfig, severity: str, progre
                 priors[prior_spec] = load_method_prior(prior_spec, backend)
             params = SegmentParams(method=spec.cpd, consistency=spec.consistency, propagate=spec.propagate, **base)
             prompts = _random_half(centerline, config.seed) if spec.random_half else centerline
-            results[name] = _run(volume, prompts, backend, priors[prior_spec], params, shared.get(prior_spec))
+            key = _maps_key(prior_spec, priors[prior_spec], volume, preset)
+            results[name] = _run(volume, prompts, backend, priors[prior_spec], params, shared.get(key))
             if not spec.random_half:  # the maps of the full prompt set are the ones to share
-                shared.setdefault(prior_spec, results[name].saliency_maps)
+                shared.setdefault(key, results[name].saliency_maps)
         elif method == "oracle-prior":
             oracle = {t: (ref[t] > 0).astype(np.float32) for t in range(len(ref))}
             results[name] = _run(volume, centerline, backend, priors.get(config.prior) or load_prior(config.prior, backend),
@@ -256,6 +259,15 @@ def evaluate_case(case: Case, backend, config: EvalConfig, severity: str, progre
     masks = {r["method"]: masks[r["method"]] for r in rows}
     return rows, {"volume": volume, "label": label, "results": results, "masks": masks, "noise": noise,
                   "preset": preset, "boxes": boxes, "prior_role": role}
+
+
+def _maps_key(spec: str, prior, volume, preset: str) -> str:
+    """One key for the prior specs that give the same maps on ``volume``: the default ``sam-track``
+    gates MRI only, so on CT its maps are ``sam-track-ungated``'s (the ``spd-extent`` ablation row
+    then reuses ``spd``'s maps instead of tracking the volume again)."""
+    if isinstance(prior, TrackPrior) and not prior.gates(volume_window(volume, preset).preset):
+        return repr(("sam-track, no gate", prior.params))
+    return spec
 
 
 def _run(volume, centerline, backend, prior, params, saliency):

@@ -67,7 +67,7 @@ def _figures(rows, out: Path, severities) -> list[str]:
     return files
 
 
-PANEL_METHODS = ("raw", "spd-votes", "spd", "oracle-prior", "label-box")  # columns of the overlay panels
+PANEL_METHODS = ("raw", "spd-votes", "spd", "oracle-prior")  # columns of the overlay panels
 ABLATION_BLOCKS = (
     ("The prior: from the previous release's SPD to this one (CPD unchanged)",
      (("spd-votes", "SPD with the window-voting prior (`sam-votes`): the previous release"),
@@ -185,7 +185,7 @@ def loss_lines(rows: list[dict], severities) -> list[str]:
 
 
 def prior_quality_lines(rows: list[dict], severity: str) -> list[str]:
-    methods = [m for m in ("spd-votes", "spd") if any(r["method"] == m and np.isfinite(r.get("prior_dice", np.nan))
+    methods = [m for m in ("spd-votes", "spd-extent", "spd") if any(r["method"] == m and np.isfinite(r.get("prior_dice", np.nan))
                                                        for r in rows)]
     if not methods:
         return []
@@ -260,7 +260,10 @@ def write_report(rows: list[dict], artefacts: dict, cases, config, out: Path,
             lines.append(f"| {sev} ({name}) | {n} | {_mean_sd(raw)} | {_mean_sd(spd)} | "
                          f"{100 * (np.mean(spd) - np.mean(raw)):+.1f} pts | {'n/a' if p is None else f'{p:.3g}'} |")
     lines += [""] + ablation_lines(rows, severities, groups) + loss_lines(rows, severities)
-    lines += ["## All methods", ""]
+    lines += ["## All methods", "",
+              ("`s per case` is each run's wall time. A method whose prior gives the same maps as `spd`'s "
+               "(`spd+psc`; `spd-extent` on CT, where the default prior does not gate) reuses them, so its time "
+               "leaves the prior out."), ""]
     for sev in severities:
         lines += [f"### {sev}", "",
                   "| method | DSC | IoU | HD95 mm | ASD mm | vol. agreement | slice DSC | s per case | SPD vs method: n, p |",
@@ -305,9 +308,11 @@ def write_report(rows: list[dict], artefacts: dict, cases, config, out: Path,
     lines += ["", f"## Overlay panels ({panel_severity})", "",
               ("Per case: one column per method (its mask in red, the label in green, its own prompts: CPD status "
                "per point, or its boxes), on the slice where raw and SPD differ most, the slice where CPD rejected "
-               "most points, and a slice SPD filled without a trusted point (propagated). The panels of the other "
-               "severities are in `panels/` of the run's output folder."), ""]
+               "most points, and a slice SPD filled without a trusted point (propagated). `--all-panels` also draws "
+               "the other severities' panels into `panels/`."), ""]
     for (case, sev), art in artefacts.items():
+        if sev != panel_severity and not config.all_panels:
+            continue
         png = method_panel(art, out, case, sev)
         if png and sev == panel_severity:
             lines.append(f"![{png}]({png})")

@@ -111,6 +111,9 @@ def _add_evaluation_options(p: argparse.ArgumentParser, second_prior_default: st
     p.add_argument("--severity", nargs="+", default=["clinical"], choices=tuple(SEVERITIES), metavar="SEVERITY",
                    help="mild clinical severe (default clinical)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--all-panels", action="store_true",
+                   help="draw the overlay panels of every severity (default: only the one the report shows, "
+                        "clinical when it ran)")
     p.add_argument("--label-value", type=int, default=None, help="label value of the target in multi-label maps")
     p.add_argument("--second-prior", default=second_prior_default,
                    help="trained prior (prior.pt or a shipped name such as trained-aorta) for the spd-prior2 "
@@ -352,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
             second = None if args.second_prior in (None, "intensity") else args.second_prior
             config = EvalConfig(methods=tuple(args.methods or METHODS), severities=tuple(args.severity),
                                 seed=args.seed, label_value=args.label_value, prior=args.prior,
-                                second_prior=second, tau=args.tau, context=args.context, preset=args.preset)
+                                second_prior=second, tau=args.tau, context=args.context, preset=args.preset,
+                                all_panels=args.all_panels)
             failures: list[dict] = []
             run_evaluation(args.cases, args.out, backend, config, failures=failures)
             if failures:

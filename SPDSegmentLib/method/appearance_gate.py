@@ -39,12 +39,6 @@ class AppearanceGate:
             raise ValueError(f"the appearance gate's spread must be positive, got {self.spread}")
 
 
-def _pixel(point: PromptPoint, shape: tuple[int, ...]) -> tuple[int, int]:
-    """The point's pixel, clipped to the slice (a crossing on the last half pixel rounds past it)."""
-    r, c = point.pixel
-    return min(max(r, 0), shape[0] - 1), min(max(c, 0), shape[1] - 1)
-
-
 def point_intensity_model(slices: np.ndarray, prompts: SlicePrompts, min_sigma_fraction: float) -> tuple[float, float]:
     """Median and robust spread of the intensities at the prompt points (3x3 medians, so one
     noisy voxel does not decide); the spread is floored at a fraction of the volume's 1-99 %
@@ -53,7 +47,7 @@ def point_intensity_model(slices: np.ndarray, prompts: SlicePrompts, min_sigma_f
     for s, points in prompts.items():
         img = slices[s]
         for p in points:
-            r, c = _pixel(p, img.shape)
+            r, c = p.pixel
             values.append(float(np.median(img[max(0, r - 1): r + 2, max(0, c - 1): c + 2])))
     if not values:
         raise ValueError("the appearance model needs at least one prompt point")
@@ -75,7 +69,7 @@ def gate_slice(saliency: np.ndarray, image: np.ndarray, own_points: Sequence[Pro
     alike = np.abs(smooth - mu) <= gate.spread * sigma
     kept = ndimage.binary_fill_holes(salient & alike) & salient
     removed, _ = ndimage.label(salient & ~kept)
-    held = {int(removed[_pixel(p, removed.shape)]) for p in own_points} - {0}
+    held = {int(removed[p.pixel]) for p in own_points} - {0}
     if held:
         kept |= np.isin(removed, sorted(held))
     return kept.astype(np.float32)

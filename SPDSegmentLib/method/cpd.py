@@ -59,10 +59,7 @@ class SliceDecision:
 
 
 def _value(sal: np.ndarray, p) -> float:
-    r, c = p.pixel
-    r = min(max(r, 0), sal.shape[0] - 1)
-    c = min(max(c, 0), sal.shape[1] - 1)
-    return float(sal[r, c])
+    return float(sal[p.pixel])
 
 
 def _near(p, chosen: list[ConsensusPoint], dedupe_px: float) -> bool:

@@ -47,6 +47,7 @@ class PromptPoint:
 
     @property
     def pixel(self) -> tuple[int, int]:
+        """The pixel the point is on: inside the slice for every point :func:`slice_prompts` makes."""
         return int(round(self.row)), int(round(self.col))
 
 
@@ -130,7 +131,9 @@ def slice_prompts(centerline: Centerline, volume: Volume, group_distance_mm: flo
                   in_plane: bool = True) -> SlicePrompts:
     """Per-slice point prompts of a centerline in ``volume``'s (slice, row, col) frame.
 
-    Points outside the volume are dropped. ``group_distance_mm`` separates crossings on one slice
+    Points outside the volume are dropped. A point on the outer half of an edge pixel is moved to
+    that pixel's centre, so every point's :attr:`PromptPoint.pixel` indexes the slice (rounding
+    ``rows - 0.5`` gives ``rows``). ``group_distance_mm`` separates crossings on one slice
     (the two limbs of the aortic arch are centimetres apart; jitter around one crossing is not).
     ``in_plane`` (the default) also samples the pieces of a curve that run inside a slice
     (:func:`_in_plane_samples`): one crossing per slice would prompt only one spot of a vessel that
@@ -150,7 +153,8 @@ def slice_prompts(centerline: Centerline, volume: Volume, group_distance_mm: flo
     by_slice: dict[int, list[tuple[float, float]]] = {}
     for s, r, c in raw:
         if 0 <= s < volume.num_slices and -0.5 <= r <= rows - 0.5 and -0.5 <= c <= cols - 0.5:
-            by_slice.setdefault(s, []).append((float(r), float(c)))
+            r, c = min(max(float(r), 0.0), rows - 1.0), min(max(float(c), 0.0), cols - 1.0)
+            by_slice.setdefault(s, []).append((r, c))
     out: SlicePrompts = {}
     for s in sorted(by_slice):
         pts = np.asarray(by_slice[s])

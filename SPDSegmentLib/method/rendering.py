@@ -70,7 +70,7 @@ def render(points: list, saliency: np.ndarray, tau: float, radius_px: float, mod
     groups: dict[tuple, list] = {}
     loose = []
     for p in points:
-        lab = labels[min(max(p.pixel[0], 0), shape[0] - 1), min(max(p.pixel[1], 0), shape[1] - 1)]
+        lab = labels[p.pixel]
         if lab:
             groups.setdefault(("region", int(lab)), []).append(p)
         else:

@@ -86,14 +86,11 @@ class AppearanceTrackPrior:
     training_free: bool = True
     stats: dict = field(default_factory=dict)
 
-    def _appearance_model(self, slices: np.ndarray, prompts: SlicePrompts) -> tuple[float, float]:
-        return point_intensity_model(slices, prompts, self.min_sigma_fraction)
-
     def compute(self, inputs: PriorInputs, slice_indices: list[int]) -> dict[int, np.ndarray]:
         if not inputs.prompts:
             raise ValueError("the training-free prior needs at least one prompt point")
         slices = inputs.volume.slices()
-        mu, sigma = self._appearance_model(slices, inputs.prompts)
+        mu, sigma = point_intensity_model(slices, inputs.prompts, self.min_sigma_fraction)
         spacing = np.asarray(inputs.volume.in_plane_spacing)
         appearance: dict[int, np.ndarray] = {}
         labels: dict[int, np.ndarray] = {}
