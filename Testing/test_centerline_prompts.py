@@ -34,9 +34,9 @@ def test_a_u_shaped_curve_gives_two_separate_groups_on_one_slice():
 
 
 def test_a_crossing_on_the_outer_half_of_an_edge_pixel_lands_on_that_pixel():
-    """Rounding ``rows - 0.5`` gives ``rows`` (round half to even on 30 - 0.5 = 29.5 -> 30) and
-    ``-0.6`` gives ``-1``, which numpy reads as the last row: both would index the wrong or no pixel
-    in CPD, the renderer, the priors and the gate. Kept points sit on the edge pixel instead."""
+    """Rounding ``rows - 0.5`` gives ``rows`` on an even size (round half to even: 29.5 -> 30), past
+    the slice: an IndexError in CPD, the renderer, the priors and the gate. Kept points sit on the
+    edge pixel instead, on every edge (the lower ones round to 0 either way)."""
     vol = _vol(np.diag([1.0, 1.0, 2.0, 1.0]))
     rows, cols = vol.slice_shape
     src = np.array([[2.0, rows - 0.5, 3.0], [3.0, 5.0, -0.5], [4.0, -0.4, cols - 0.5], [5.0, rows - 0.4, 3.0]])

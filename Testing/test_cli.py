@@ -95,3 +95,12 @@ def test_gap_filling_switch_reaches_the_run_and_evaluate_refuses_per_run_switche
                  "--fallback", "empty"]) == 2
     err = capsys.readouterr().err
     assert "would be ignored" not in err and "none" in err, err
+
+
+def test_all_panels_is_an_option_of_both_evaluation_commands():
+    from SPDSegmentLib.frontends.cli import _build_parser
+
+    parser = _build_parser()
+    for command in (["evaluate", "--cases", "c"], ["evaluate-sample"]):
+        assert parser.parse_args([*command, "--out", "o"]).all_panels is False
+        assert parser.parse_args([*command, "--out", "o", "--all-panels"]).all_panels is True

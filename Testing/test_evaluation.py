@@ -24,10 +24,14 @@ def case_dir(tmp_path_factory):
 def test_results_csv_schema_and_report_on_a_real_mri_case(case_dir, backend, tmp_path):
     config = EvalConfig(methods=("raw", "spd", "spd-prior2", "label-box"), severities=("mild", "severe"), seed=0,
                         second_prior="trained-aorta")
+    stale = tmp_path / "panels" / "panel_a_case_no_longer_run_mild.png"
+    stale.parent.mkdir()
+    stale.write_bytes(b"a previous run's panel")
     rows = run_evaluation(case_dir, tmp_path, backend, config, log=lambda *_: None)
     with open(tmp_path / "results.csv") as f:
         table = list(csv.DictReader(f))
     assert tuple(table[0].keys()) == COLUMNS
+    assert not stale.exists(), "a previous run's panels go, as its report does"
     assert len(table) == 1 * 4 * 2  # case x method x severity
     assert [r["method"] for r in table[:4]] == ["raw", "spd", "spd-trained", "label-box"]
     for r in table:
@@ -48,6 +52,16 @@ def test_results_csv_schema_and_report_on_a_real_mri_case(case_dir, backend, tmp
     run = json.loads((tmp_path / "config.json").read_text())  # what produced the numbers
     assert (run["backend"], run["device"], run["runtime"]) == (backend.identity, backend.device, backend.runtime)
     assert run["methods"] == list(config.methods) and run["seed"] == 0
+
+
+def test_all_panels_draws_every_severity_and_the_report_shows_one(case_dir, backend, tmp_path):
+    config = EvalConfig(methods=("raw", "spd"), severities=("mild", "severe"), seed=0, all_panels=True)
+    run_evaluation(case_dir, tmp_path, backend, config, log=lambda *_: None)
+    for sev in ("mild", "severe"):
+        assert (tmp_path / "panels" / f"panel_abdomen_mr_aorta_{sev}.png").exists()
+    report = (tmp_path / "report.md").read_text()
+    assert "![panels/panel_abdomen_mr_aorta_mild.png]" in report
+    assert "panel_abdomen_mr_aorta_severe.png" not in report
 
 
 def test_a_trained_prior_runs_only_on_its_structure_and_knows_each_case_role(backend):

@@ -152,6 +152,7 @@ def method_panel_png(volume, label: np.ndarray, src_masks: dict[str, np.ndarray]
                             color=STATUS_COLORS[p.status], markersize=6, mew=1.3)
             ax.set_title(f"{name}\nslice {t}: Dice {dice(src_masks[name][t], label[t]):.2f}", fontsize=7)
             ax.axis("off")
-    legend = ("mask red, label green; prompts: kept green +, rejected red x, borrowed blue +, fallback yellow +; "
-              "boxes yellow")
+    legend = "mask red, label green; prompts: kept green +, rejected red x, borrowed blue +, fallback yellow +"
+    if any(boxes.get(name) for name in names):
+        legend += "; boxes yellow"
     return _save(fig, path, title, legend, fontsize=8, dpi=90)

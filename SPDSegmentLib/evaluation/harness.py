@@ -318,6 +318,8 @@ def run_evaluation(cases_dir: str | Path, out_dir: str | Path, backend, config: 
     rows, artefacts = [], {}
     for stale in ("failures.json", "report.md"):
         (out / stale).unlink(missing_ok=True)
+    for stale_panel in (out / "panels").glob("panel_*.png"):  # a previous run's panels (other cases, severities)
+        stale_panel.unlink()
     write_csv(rows, out / "results.csv")
     from tqdm import tqdm
 

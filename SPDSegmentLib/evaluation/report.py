@@ -261,9 +261,10 @@ def write_report(rows: list[dict], artefacts: dict, cases, config, out: Path,
                          f"{100 * (np.mean(spd) - np.mean(raw)):+.1f} pts | {'n/a' if p is None else f'{p:.3g}'} |")
     lines += [""] + ablation_lines(rows, severities, groups) + loss_lines(rows, severities)
     lines += ["## All methods", "",
-              ("`s per case` is each run's wall time. A method whose prior gives the same maps as `spd`'s "
-               "(`spd+psc`; `spd-extent` on CT, where the default prior does not gate) reuses them, so its time "
-               "leaves the prior out."), ""]
+              ("`s per case` is each run's wall time. `spd` runs first; a method whose prior gives the same maps "
+               "(`raw`, `random`, `local` and `spd+psc`, whose boxes the run's prior sizes; `spd-extent` on CT, "
+               "where the default prior does not gate) reuses them, so its time leaves the prior and most of "
+               "the encoding out."), ""]
     for sev in severities:
         lines += [f"### {sev}", "",
                   "| method | DSC | IoU | HD95 mm | ASD mm | vol. agreement | slice DSC | s per case | SPD vs method: n, p |",
@@ -306,8 +307,8 @@ def write_report(rows: list[dict], artefacts: dict, cases, config, out: Path,
     for f in _figures(rows, out, severities):
         lines.append(f"![{f}]({f})")
     lines += ["", f"## Overlay panels ({panel_severity})", "",
-              ("Per case: one column per method (its mask in red, the label in green, its own prompts: CPD status "
-               "per point, or its boxes), on the slice where raw and SPD differ most, the slice where CPD rejected "
+              ("Per case: one column per method (its mask in red, the label in green, its own prompts with their "
+               "CPD status), on the slice where raw and SPD differ most, the slice where CPD rejected "
                "most points, and a slice SPD filled without a trusted point (propagated). `--all-panels` also draws "
                "the other severities' panels into `panels/`."), ""]
     for (case, sev), art in artefacts.items():
