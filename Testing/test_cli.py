@@ -80,11 +80,15 @@ def test_evaluate_sample_uses_the_shipped_prior_and_tags_held_out_cases(cta, tmp
 def test_gap_filling_switch_reaches_the_run_and_evaluate_refuses_per_run_switches(tmp_path, capsys):
     from SPDSegmentLib.frontends.cli import _build_parser
     from SPDSegmentLib.frontends.cli_common import segment_params
+    from SPDSegmentLib.method.pipeline import SegmentParams
 
     base = ["segment", "--volume", "v.nrrd", "--centerline", "c.mrk.json", "--out", "o.seg.nrrd"]
     assert segment_params(_build_parser().parse_args(base)).propagate is True
     assert segment_params(_build_parser().parse_args([*base, "--no-propagate"])).propagate is False
-    for extra in (["--no-propagate"], ["--consistency"], ["--method", "raw"], ["--fallback", "peak"]):
+    assert segment_params(_build_parser().parse_args(base)).leak_limit == SegmentParams().leak_limit
+    assert segment_params(_build_parser().parse_args([*base, "--no-leak-limit"])).leak_limit is None
+    for extra in (["--no-propagate"], ["--consistency"], ["--method", "raw"], ["--fallback", "peak"],
+                  ["--no-leak-limit"]):
         code = main(["evaluate", "--cases", str(tmp_path / "none"), "--out", str(tmp_path / "out"), *extra])
         assert code == 2
         err = capsys.readouterr().err

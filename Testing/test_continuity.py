@@ -52,7 +52,8 @@ def soft_tissue_drift(cta, backend):
     slab, ref, centerline = _descending_aorta_with_drift_and_gap(cta, 158.0)
     runs = {"track": _run(slab, centerline, backend, "sam-track"),
             "track, no propagation": _run(slab, centerline, backend, "sam-track", propagate=False),
-            "track, appearance gate": _run(slab, centerline, backend, "sam-track-gated"),
+            "track, appearance gate": _run(slab, centerline, backend, "sam-track-gated", leak_limit=None),
+            "track, appearance gate, leak limit": _run(slab, centerline, backend, "sam-track-gated"),
             "votes": _run(slab, centerline, backend, "sam-votes", propagate=False)}
     masks = {k: slab.with_array(r.mask).slices() > 0 for k, r in runs.items()}
     return ref, runs, masks
@@ -109,6 +110,14 @@ def test_known_limit_the_appearance_gate_trims_a_false_lumen_where_no_point_lies
     for stretch in (DRIFT, GAP):
         assert dice(masks["track, appearance gate"][stretch], ref[stretch]) > \
             dice(masks["track"][stretch], ref[stretch]) - 0.02
+
+
+@pytest.mark.xfail(strict=True, reason="known limit of the appearance gate forced on CT together with the leak limit: "
+                                       "masks of propagated gap slices come out over twice those of the point slices "
+                                       "beside the gap, so the leak limit empties them (docs/method.md, 'The leak limit')")
+def test_known_limit_the_gate_forced_on_ct_and_the_leak_limit_empty_gap_slices(soft_tissue_drift):
+    _, _, masks = soft_tissue_drift
+    assert all(masks["track, appearance gate, leak limit"][t].any() for t in range(GAP.start, GAP.stop))
 
 
 @pytest.mark.xfail(strict=True, reason="known limit: an abrupt 22 mm drift onto the vertebra for 11 slices is "
@@ -178,11 +187,12 @@ def _ct_dicom_structure(structure: str, seed: int = 0):
     return volume, volume.with_array(label).slices() > 0, noisy
 
 
-def _spd_with(volume, noisy, backend, params):
+def _spd_with(volume, noisy, backend, params, **segment_params):
     """One SPD run with the continuity prior under ``params``: (its tracking result, the SPD result)."""
     prior = load_prior("sam-track", backend)
     prior.params = params
-    result = segment(volume, noisy, backend, prior, SegmentParams(method="spd", intensity_preset="ct-abdomen"))
+    result = segment(volume, noisy, backend, prior,
+                     SegmentParams(method="spd", intensity_preset="ct-abdomen", **segment_params))
     return prior.last, result
 
 
@@ -200,15 +210,21 @@ def test_a_container_and_the_part_the_point_is_on_are_both_seeded_and_the_curve_
     """The part-hypotheses rule (``part_hypotheses``, on by default). CT-DICOM colon, clinical noise: at
     several seeds SAM's surest enclosed mask is a large region around the colon loop the point is on. Seeding only that container made it the target (a fifth
     of it on the colon); seeding the loop as a second hypothesis lets the curve's later points,
-    which stay in the loop, make the loop the target."""
+    which stay in the loop, make the loop the target. Measured without the leak limit (the final
+    pass's own rule, which takes back the container's ballooned slices): with it, the two end within
+    two points of each other (0.569 and 0.581)."""
     from SPDSegmentLib.method.continuity import TrackingParams
 
     volume, ref, noisy = _ct_dicom_structure("colon")
-    runs = {}
+    runs, limited = {}, {}
     for name, params in (("hypotheses", TrackingParams()),
                          ("container only", TrackingParams(part_hypotheses=False))):
-        tracked, result = _spd_with(volume, noisy, backend, params)
+        tracked, result = _spd_with(volume, noisy, backend, params, leak_limit=None)
         runs[name] = (tracked, dice(volume.with_array(result.mask).slices() > 0, ref))
+        with_limit = segment(volume, noisy, backend, load_prior("sam-track", backend),
+                             SegmentParams(method="spd", intensity_preset="ct-abdomen"), saliency=result.saliency_maps)
+        limited[name] = dice(volume.with_array(with_limit.mask).slices() > 0, ref)
+    assert abs(limited["hypotheses"] - limited["container only"]) < 0.03, limited
     tracked, spd_dice = runs["hypotheses"]
     tracked_single, spd_dice_single = runs["container only"]
     parts = [o for o in tracked.objects if any(
@@ -424,10 +440,11 @@ def test_propagation_gate_on_the_real_portal_vein(backend):
     on the vein, and adds nothing."""
     volume, ref, noisy = _ct_dicom_structure("portal_vein_and_splenic_vein", seed=1)
     prior = load_prior("sam-track", backend)
-    gated = segment(volume, noisy, backend, prior, SegmentParams(intensity_preset="ct-abdomen"))
-    assert gated.params.propagate_radius_ratio == 3.0
+    # the propagation gate alone: the leak limit, which judges the same slices afterwards, is off
+    gated = segment(volume, noisy, backend, prior, SegmentParams(intensity_preset="ct-abdomen", leak_limit=None))
+    assert gated.params.propagate_radius_ratio == SegmentParams().propagate_radius_ratio == 3.0
     ungated = segment(volume, noisy, backend, prior,
-                      SegmentParams(intensity_preset="ct-abdomen", propagate_radius_ratio=None),
+                      SegmentParams(intensity_preset="ct-abdomen", propagate_radius_ratio=None, leak_limit=None),
                       saliency=gated.saliency_maps)
     g, u = (volume.with_array(r.mask).slices() > 0 for r in (gated, ungated))
     dropped = u & ~g

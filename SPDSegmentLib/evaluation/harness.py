@@ -9,7 +9,9 @@ Methods (only the prompt set or the prior changes; LiteMedSAM, windowing and sli
   spd-continuity   + 3-D continuity: the ``sam-track`` prior, with fixed seed boxes and no growth
   spd-propagation  + propagation of the tracked structure into slices without trusted points
   spd-extent       + extent from the image (seed sizes chosen by SAM's confidence, and growth)
-  spd              + the appearance gate on MRI (the prior trimmed to tissue like the points'): the full method
+  spd-gate         + the appearance gate on MRI (the prior trimmed to tissue like the points')
+  spd              + the leak limit (a slice's mask far larger than its neighbours' is decoded again from
+                   point-sized boxes): the full method
   spd+psc          SPD with the inference-time slice-consistency step
   spd-<prior>  SPD with the second prior: a trained prior (file or shipped name) when given, else the
                intensity prior. A trained prior runs only on cases of the structure it was trained for,
@@ -42,7 +44,7 @@ from .metrics import evaluate
 from .noise import SEVERITIES, simulate
 from .skeleton import centerline_from_label
 
-METHODS = ("raw", "random", "box", "local", "spd-votes", "spd-continuity", "spd-propagation", "spd-extent", "spd",
+METHODS = ("raw", "random", "box", "local", "spd-votes", "spd-continuity", "spd-propagation", "spd-extent", "spd-gate", "spd",
            "spd+psc", "spd-prior2", "oracle-prior", "label-box")
 
 
@@ -55,16 +57,18 @@ class PromptMethod:
     propagate: bool = True
     consistency: bool = False
     random_half: bool = False
+    leak_limit: bool = True  # the final pass's leak limit (SegmentParams.leak_limit); off in the ablation rows before spd
 
 
 PROMPT_METHODS = {
     "raw": PromptMethod("raw", propagate=False),
     "random": PromptMethod("raw", propagate=False, random_half=True),
-    "local": PromptMethod("local", propagate=False),
-    "spd-votes": PromptMethod("spd", "sam-votes", propagate=False),
-    "spd-continuity": PromptMethod("spd", "sam-track/fixed-boxes", propagate=False),
-    "spd-propagation": PromptMethod("spd", "sam-track/fixed-boxes"),
-    "spd-extent": PromptMethod("spd", "sam-track-ungated"),
+    "local": PromptMethod("local", propagate=False, leak_limit=False),
+    "spd-votes": PromptMethod("spd", "sam-votes", propagate=False, leak_limit=False),
+    "spd-continuity": PromptMethod("spd", "sam-track/fixed-boxes", propagate=False, leak_limit=False),
+    "spd-propagation": PromptMethod("spd", "sam-track/fixed-boxes", leak_limit=False),
+    "spd-extent": PromptMethod("spd", "sam-track-ungated", leak_limit=False),
+    "spd-gate": PromptMethod("spd", leak_limit=False),
     "spd": PromptMethod("spd"),
     "spd+psc": PromptMethod("spd", consistency=True),
 }
@@ -228,7 +232,8 @@ def evaluate_case(case: Case, backend, config: EvalConfig, severity: str, progre
             prior_spec = spec.prior or config.prior
             if prior_spec not in priors:
                 priors[prior_spec] = load_method_prior(prior_spec, backend)
-            params = SegmentParams(method=spec.cpd, consistency=spec.consistency, propagate=spec.propagate, **base)
+            params = SegmentParams(method=spec.cpd, consistency=spec.consistency, propagate=spec.propagate,
+                                   **({} if spec.leak_limit else {"leak_limit": None}), **base)
             prompts = _random_half(centerline, config.seed) if spec.random_half else centerline
             key = _maps_key(prior_spec, priors[prior_spec], volume, preset)
             results[name] = _run(volume, prompts, backend, priors[prior_spec], params, shared.get(key))

@@ -71,6 +71,9 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
                    help="leave slices without trusted points (gaps, rejected drift) empty instead of prompting "
                         "them with the region the prior followed through them (spd and local; --consistency, "
                         "when given, still carries the previous slice's mask into them)")
+    g.add_argument("--no-leak-limit", dest="leak_limit", action="store_const", const=None, default=2.0,
+                   help="keep a slice's mask even when it is over twice the median of its neighbours' (by default "
+                        "such a slice is decoded again from boxes around its own points, or left empty without one)")
     g.add_argument("--preset", choices=PRESETS, default="auto",
                    help="intensity window: CT presets by HU, 'mri' by percentiles, 'auto' guesses")
     g = p.add_argument_group("model")
@@ -282,7 +285,7 @@ def cmd_segment(args) -> int:
 
 
 PER_RUN_OPTIONS = {"method": "--method", "consistency": "--consistency", "fallback": "--fallback",
-                   "propagate": "--no-propagate"}
+                   "propagate": "--no-propagate", "leak_limit": "--no-leak-limit"}
 
 
 def _refuse_per_run_options(args) -> None:
@@ -296,7 +299,8 @@ def _refuse_per_run_options(args) -> None:
     if given:
         raise ValueError(f"{args.command} compares methods, each with its own switches: {', '.join(given)} would be "
                          "ignored; choose the methods with --methods (spd-propagation is spd-continuity plus "
-                         "propagation, spd-extent is spd without the appearance gate, spd+psc is spd with slice consistency, raw and local are their own methods; "
+                         "propagation, spd-extent is spd-gate without the appearance gate, spd-gate is spd without the leak "
+                         "limit, spd+psc is spd with slice consistency, raw and local are their own methods; "
                          "no method uses --fallback peak)")
 
 

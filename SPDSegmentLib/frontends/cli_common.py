@@ -41,4 +41,5 @@ def segment_params(args):
     from ..method.pipeline import SegmentParams
 
     return SegmentParams(method=args.method, tau=args.tau, context=args.context, consistency=args.consistency,
-                         fallback=args.fallback, propagate=args.propagate, intensity_preset=args.preset)
+                         fallback=args.fallback, propagate=args.propagate, intensity_preset=args.preset,
+                         leak_limit=args.leak_limit)

@@ -57,6 +57,8 @@ class SegmentParams:
     intensity_preset: str = "auto"
     group_distance_mm: float = 10.0
     box_with_points: bool | None = None  # None: the backend's default (False for box backends)
+    leak_limit: float | None = 2.0  # a slice's mask over this x its neighbours' is a leak (None: no limit)
+    leak_window: int = 3  # slices on each side whose masks (segmented from points) are the neighbours
 
     def validate(self) -> None:
         if self.method not in MODES:
@@ -70,6 +72,11 @@ class SegmentParams:
         ratio = self.propagate_radius_ratio
         if ratio is not None and not (math.isfinite(ratio) and ratio > 0):
             raise ValueError(f"propagate_radius_ratio must be a positive number or None (no limit), got {ratio}")
+        limit = self.leak_limit
+        if limit is not None and not (math.isfinite(limit) and limit > 1):
+            raise ValueError(f"leak_limit must be a number above 1 or None (no limit), got {limit}")
+        if not 1 <= self.leak_window <= 20:
+            raise ValueError(f"leak_window (slices per side) must lie in 1..20, got {self.leak_window}")
 
 
 @dataclass
@@ -97,11 +104,12 @@ class SegmentationResult:
         return self.volume.to_array_order(src).copy()
 
     def counts(self) -> dict[str, int]:
-        out = {"kept": 0, "rejected": 0, "borrowed": 0, "fallback": 0, "empty_slices": 0}
+        out = {"kept": 0, "rejected": 0, "borrowed": 0, "fallback": 0, "empty_slices": 0, "leak_limited_slices": 0}
         for d in self.decisions.values():
             for p in d.points:
                 out[p.status] += 1
             out["empty_slices"] += "empty-consensus" in d.flags
+            out["leak_limited_slices"] += "leak-limited" in d.flags
         return out
 
     def audit_rows(self) -> list[dict]:
@@ -159,6 +167,32 @@ def _keep_supported(mask: np.ndarray, previous: np.ndarray, points, reach_px: fl
         keep.add(labels[p.pixel])
     keep.discard(0)
     return np.isin(labels, list(keep))
+
+
+def _limit_leaks(out: np.ndarray, decisions: dict[int, SliceDecision], consensus: dict, processed: list[int],
+                 backend, slices_u8: dict[int, np.ndarray], radius_px: float, params: SegmentParams,
+                 with_points: bool, tau: float) -> None:
+    """The leak limit. A structure's cross-section changes little from one slice to the next; a
+    mask over ``leak_limit`` x the median area of the masks segmented from points on the
+    ``leak_window`` slices each side followed its box onto a neighbour (the prior's region ran
+    there). Such a slice is decoded again from point-sized boxes around its consensus points, as raw
+    prompts are, or, with no point of its own (a propagated region), left empty. A slice with fewer
+    than two such neighbours is not judged. In place; flags the slice ``leak-limited``."""
+    areas = {t: float(out[t].sum()) for t in processed if out[t].any() and "propagated" not in decisions[t].flags}
+    for t in processed:
+        near = [a for s, a in areas.items() if 0 < abs(s - t) <= params.leak_window]
+        if len(near) < 2 or out[t].sum() <= params.leak_limit * float(np.median(near)):
+            continue
+        decisions[t].flags.append("leak-limited")
+        out[t] = 0
+        if not consensus[t]:
+            continue
+        point_boxes = render(consensus[t], np.zeros(out[t].shape, dtype=np.float32), tau, radius_px,
+                             backend.prompt_mode, with_points)
+        emb = backend.embed(slices_u8[t])
+        for prompt in point_boxes:
+            out[t] |= backend.decode(emb, prompt.points_rc if len(prompt.points_rc) else None,
+                                     prompt.box_rc).mask.astype(np.uint8)
 
 
 def segment(volume: Volume, centerline: Centerline, backend, prior: SaliencyPrior,
@@ -278,6 +312,11 @@ def segment(volume: Volume, centerline: Centerline, backend, prior: SaliencyPrio
         timings["decode"] += time.perf_counter() - t1
         out[t] = mask
         previous = mask if params.consistency else None
+    if params.leak_limit is not None and params.method != "raw":
+        t1 = time.perf_counter()
+        _limit_leaks(out, decisions, consensus, processed, backend, slices_u8, radius_px, params,
+                     with_points, tau)
+        timings["decode"] += time.perf_counter() - t1
     report(1.0, "done")
 
     result = SegmentationResult(volume, volume.to_array_order(out).copy(), prompts, decisions, processed, tau, params,

@@ -1,0 +1,98 @@
+"""The leak limit of the final pass: a slice whose mask is far larger than its neighbours' followed
+its box onto a neighbouring structure and is decoded again from its points. On the real MR IVC it
+takes the leaks back; on the real MR liver, whose cross-section changes smoothly, it leaves the
+result as it was; the rule itself on a synthetic run."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from SPDSegmentLib.evaluation import sample_data
+from SPDSegmentLib.evaluation.metrics import dice
+from SPDSegmentLib.evaluation.noise import simulate
+from SPDSegmentLib.evaluation.skeleton import centerline_from_label
+from SPDSegmentLib.io import read_volume
+from SPDSegmentLib.method.cpd import SliceDecision
+from SPDSegmentLib.method.pipeline import SegmentParams, _limit_leaks, segment
+from SPDSegmentLib.method.saliency import load_prior
+
+
+def _noisy_mr(name: str, severity: str):
+    """An MR structure with a noise draw the evaluation does not score (seed 1)."""
+    volume = read_volume(sample_data.path("abdomen_mr/image.nii.gz"), "abdomen_mr")
+    value = next(v for v, n in sample_data.class_map("abdomen_mr").items() if n == name)
+    label = (read_volume(sample_data.path("abdomen_mr/labels.nii.gz")).array == value).astype(np.uint8)
+    noisy = simulate(centerline_from_label(volume, label), volume, label, severity, seed=1).centerline
+    return volume, label, noisy
+
+
+def _with_and_without(backend, name: str, severity: str):
+    volume, label, noisy = _noisy_mr(name, severity)
+    prior = load_prior("sam-track", backend)
+    unlimited = segment(volume, noisy, backend, prior, SegmentParams(intensity_preset="mri", leak_limit=None))
+    limited = segment(volume, noisy, backend, prior, SegmentParams(intensity_preset="mri"),
+                      saliency=unlimited.saliency_maps)
+    ref = volume.with_array(label).slices() > 0
+    return volume, ref, unlimited, limited
+
+
+def test_the_leak_limit_takes_back_the_leaks_of_the_mr_ivc(backend):
+    volume, ref, unlimited, limited = _with_and_without(backend, "inferior_vena_cava", "mild")
+    before, after = (volume.with_array(r.mask).slices() > 0 for r in (unlimited, limited))
+    flagged = [t for t, d in limited.decisions.items() if "leak-limited" in d.flags]
+    assert flagged, "slices far larger than their neighbours are limited"
+    assert all("leak-limited" not in d.flags for d in unlimited.decisions.values())
+    assert limited.counts()["leak_limited_slices"] == len(flagged), "the run's summary counts them"
+    for t in limited.processed_slices:
+        if t in flagged:
+            assert after[t].sum() < before[t].sum(), f"slice {t}: the limited mask is smaller"
+        else:
+            assert np.array_equal(after[t], before[t]), f"slice {t} was not judged a leak and stays as it was"
+    d0, d1 = dice(before, ref), dice(after, ref)
+    assert d1 > d0 + 0.05, f"DSC {d0:.3f} -> {d1:.3f}"
+
+
+def test_the_leak_limit_leaves_the_mr_liver_as_it_was(backend):
+    """A large organ whose cross-section grows and shrinks along the curve: no slice is far larger
+    than its neighbours, so the limit must not cut it."""
+    volume, ref, unlimited, limited = _with_and_without(backend, "liver", "clinical")
+    before, after = (volume.with_array(r.mask).slices() > 0 for r in (unlimited, limited))
+    assert abs(dice(after, ref) - dice(before, ref)) < 0.005
+    assert before.sum() > 20 * ref.shape[1] * ref.shape[2] / 100, "the liver result is a large structure"
+
+
+def _decisions(slices, propagated=()):
+    return {t: SliceDecision(t, [], ["propagated"] if t in propagated else []) for t in slices}
+
+
+@pytest.mark.parametrize("leak_limit", [2.0, 3.0])
+def test_the_rule_judges_a_slice_by_its_neighbours_segmented_from_points(leak_limit):
+    """Areas 100 on every slice but slice 5 (250) and slice 9 (700, propagated, no point of its own).
+    Slice 5 is over 2x its neighbours but not 3x; slice 9 is over both, and having no point it is left
+    empty, without a decode (no backend needed). A propagated slice is nobody's neighbour, and a slice
+    with fewer than two judged neighbours is not judged (slice 12, alone after a gap)."""
+    shape = (40, 40)
+    out = np.zeros((13, *shape), dtype=np.uint8)
+    areas = {0: 100, 1: 100, 2: 100, 3: 100, 4: 100, 5: 250, 6: 100, 7: 100, 8: 100, 9: 700, 12: 900}
+    for t, a in areas.items():
+        out[t].flat[:a] = 1
+    processed = list(range(13))
+    decisions = _decisions(processed, propagated={9})
+    consensus = {t: [] for t in processed}  # no points: a judged slice is emptied, never decoded
+    before = out.copy()
+    _limit_leaks(out, decisions, consensus, processed, None, {}, 3.0, SegmentParams(leak_limit=leak_limit), False, 0.5)
+    flagged = sorted(t for t, d in decisions.items() if "leak-limited" in d.flags)
+    assert flagged == ([5, 9] if leak_limit == 2.0 else [9])
+    for t in range(13):
+        assert np.array_equal(out[t], 0 * before[t] if t in flagged else before[t])
+
+
+def test_leak_limit_and_window_are_checked():
+    for bad in (1.0, 0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="leak_limit"):
+            SegmentParams(leak_limit=bad).validate()
+    for bad in (0, 21):
+        with pytest.raises(ValueError, match="leak_window"):
+            SegmentParams(leak_window=bad).validate()
+    SegmentParams(leak_limit=None).validate()  # None: no limit
+    assert SegmentParams().leak_limit == 2.0 and SegmentParams().leak_window == 3
