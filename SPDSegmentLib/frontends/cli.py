@@ -44,6 +44,7 @@ def _cuda() -> bool:
 
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
     from ..method.cpd import FALLBACKS, MODES
+    from ..method.pipeline import SegmentParams
     from ..method.windowing import PRESETS
     from ..sam.backend import BACKENDS
 
@@ -71,7 +72,8 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
                    help="leave slices without trusted points (gaps, rejected drift) empty instead of prompting "
                         "them with the region the prior followed through them (spd and local; --consistency, "
                         "when given, still carries the previous slice's mask into them)")
-    g.add_argument("--no-leak-limit", dest="leak_limit", action="store_const", const=None, default=2.0,
+    g.add_argument("--no-leak-limit", dest="leak_limit", action="store_const", const=None,
+                   default=SegmentParams().leak_limit,
                    help="keep a slice's mask even when it is over twice the median of its neighbours' (by default "
                         "such a slice is decoded again from boxes around its own points, or left empty without one)")
     g.add_argument("--preset", choices=PRESETS, default="auto",

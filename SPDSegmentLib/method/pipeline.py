@@ -169,6 +169,14 @@ def _keep_supported(mask: np.ndarray, previous: np.ndarray, points, reach_px: fl
     return np.isin(labels, list(keep))
 
 
+def _decode_union(backend, emb, prompts: list[RenderedPrompt], shape: tuple[int, int]) -> np.ndarray:
+    """One slice's mask: the union of SAM's masks for its rendered prompts."""
+    mask = np.zeros(shape, dtype=bool)
+    for prompt in prompts:
+        mask |= backend.decode(emb, prompt.points_rc if len(prompt.points_rc) else None, prompt.box_rc).mask
+    return mask
+
+
 def _limit_leaks(out: np.ndarray, decisions: dict[int, SliceDecision], consensus: dict, processed: list[int],
                  backend, slices_u8: dict[int, np.ndarray], radius_px: float, params: SegmentParams,
                  with_points: bool, tau: float) -> None:
@@ -189,10 +197,7 @@ def _limit_leaks(out: np.ndarray, decisions: dict[int, SliceDecision], consensus
             continue
         point_boxes = render(consensus[t], np.zeros(out[t].shape, dtype=np.float32), tau, radius_px,
                              backend.prompt_mode, with_points)
-        emb = backend.embed(slices_u8[t])
-        for prompt in point_boxes:
-            out[t] |= backend.decode(emb, prompt.points_rc if len(prompt.points_rc) else None,
-                                     prompt.box_rc).mask.astype(np.uint8)
+        out[t] = _decode_union(backend, backend.embed(slices_u8[t]), point_boxes, out[t].shape)
 
 
 def segment(volume: Volume, centerline: Centerline, backend, prior: SaliencyPrior,
@@ -304,9 +309,7 @@ def segment(volume: Volume, centerline: Centerline, backend, prior: SaliencyPrio
         emb = backend.embed(slices_u8[t])
         timings["encode"] += time.perf_counter() - t1
         t1 = time.perf_counter()
-        mask = np.zeros(volume.slice_shape, dtype=bool)
-        for prompt in prompts_t:
-            mask |= backend.decode(emb, prompt.points_rc if len(prompt.points_rc) else None, prompt.box_rc).mask
+        mask = _decode_union(backend, emb, prompts_t, volume.slice_shape)
         if params.consistency and previous is not None and previous.any():
             mask = _keep_supported(mask, previous, points, reach_px=radius_px)
         timings["decode"] += time.perf_counter() - t1
