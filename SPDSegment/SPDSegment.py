@@ -40,6 +40,20 @@ def unsupportedPlatformReason() -> Optional[str]:
     return None
 
 
+def doneMessage(counts: dict) -> str:
+    """The status line after a run: what happened to the user's points, how to undo, and, when the
+    leak limit re-decoded slices, where to switch it off (an organ that widens fast can be cut)."""
+    text = _("Done: kept {k}, rejected {r}, borrowed {b} prompts. To undo, delete the new segment: "
+             "existing segments were not changed.").format(k=counts["kept"], r=counts["rejected"],
+                                                           b=counts["borrowed"])
+    limited = counts.get("leak_limited_slices", 0)
+    if limited:
+        text += " " + _("{n} slice(s) came out over twice the size of their neighbours and were segmented again "
+                        "from their own points; if they now look too small, untick Advanced > Limit leaks and "
+                        "apply again.").format(n=limited)
+    return text
+
+
 class SPDSegment(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
@@ -72,6 +86,7 @@ class SPDSegmentParameterNode:
     context: Annotated[int, WithinRange(0, 10)] = 2
     consistency: bool = False
     propagate: bool = True
+    limitLeaks: bool = True
     intensityPreset: Annotated[str, Choice(["auto", "ct-abdomen", "ct-angio", "ct-soft", "ct-lung", "ct-bone",
                                             "mri"])] = "auto"
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
@@ -263,7 +278,8 @@ class SPDSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 out = self.logic.process(
                     p.inputVolume, p.centerline, p.outputSegmentation, p.segmentName, method=p.method,
                     backend=p.backend, checkpoint=checkpoint, prior=p.prior, tau=p.tau, context=p.context,
-                    consistency=p.consistency, propagate=p.propagate, intensityPreset=p.intensityPreset,
+                    consistency=p.consistency, propagate=p.propagate, limitLeaks=p.limitLeaks,
+                    intensityPreset=p.intensityPreset,
                     device=p.device, maskNonFinite=p.maskNonFinite, showSaliency=p.showSaliency, showPrompts=p.showPrompts,
                     progress=progress, cancel=lambda: self._cancelRequested, replace=replace)
             except Cancelled:
@@ -273,10 +289,7 @@ class SPDSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p.outputSegmentation = out.segmentationNode
             self._lastOutput = out
             self._observeCenterline(p.centerline)
-            counts = out.summary["counts"]
-            self.ui.statusLabel.text = _("Done: kept {k}, rejected {r}, borrowed {b} prompts. To undo, delete "
-                                         "the new segment: existing segments were not changed.").format(
-                k=counts["kept"], r=counts["rejected"], b=counts["borrowed"])
+            self.ui.statusLabel.text = doneMessage(out.summary["counts"])
             for warning in out.warnings:
                 self.ui.statusLabel.text += "\n" + _("Warning: ") + warning
             if out.warnings:

@@ -175,6 +175,7 @@ def test_spd_extent_reuses_the_maps_of_spd_on_ct_only():
     import numpy as np
 
     from SPDSegmentLib.evaluation.harness import _maps_key, load_method_prior
+    from SPDSegmentLib.method.windowing import volume_window
     from SPDSegmentLib.volume import Volume
 
     rng = np.random.default_rng(0)
@@ -182,10 +183,12 @@ def test_spd_extent_reuses_the_maps_of_spd_on_ct_only():
     mr = Volume(rng.integers(0, 900, (4, 16, 16)).astype(np.int16), np.eye(4))
     specs = ("sam-track", "sam-track-ungated", "sam-track-gated", "sam-track/fixed-boxes", "sam-votes")
     priors = {s: load_method_prior(s, None) for s in specs}
-    keys = {vol: {s: _maps_key(s, priors[s], v, "auto") for s in specs} for vol, v in (("ct", ct), ("mr", mr))}
+    windows = {vol: volume_window(v, "auto").preset for vol, v in (("ct", ct), ("mr", mr))}
+    assert windows["mr"] == "mri" and windows["ct"] != "mri", windows
+    keys = {vol: {s: _maps_key(s, priors[s], windows[vol]) for s in specs} for vol in ("ct", "mr")}
     assert keys["ct"]["sam-track"] == keys["ct"]["sam-track-ungated"]
     assert keys["mr"]["sam-track"] != keys["mr"]["sam-track-ungated"]
     for vol in ("ct", "mr"):
         assert len(set(keys[vol].values()) - {keys[vol]["sam-track"], keys[vol]["sam-track-ungated"]}) == 3
-    assert _maps_key("sam-track", priors["sam-track"], ct, "mri") != keys["ct"]["sam-track-ungated"], \
+    assert _maps_key("sam-track", priors["sam-track"], "mri") != keys["ct"]["sam-track-ungated"], \
         "a CT windowed as MRI (an explicit preset) is gated"

@@ -80,7 +80,7 @@ def test_the_rule_judges_a_slice_by_its_neighbours_segmented_from_points(leak_li
     decisions = _decisions(processed, propagated={9})
     consensus = {t: [] for t in processed}  # no points: a judged slice is emptied, never decoded
     before = out.copy()
-    _limit_leaks(out, decisions, consensus, processed, None, {}, 3.0, SegmentParams(leak_limit=leak_limit), False, 0.5)
+    _limit_leaks(out, decisions, consensus, processed, None, {}, 3.0, SegmentParams(leak_limit=leak_limit), False)
     flagged = sorted(t for t, d in decisions.items() if "leak-limited" in d.flags)
     assert flagged == ([5, 9] if leak_limit == 2.0 else [9])
     for t in range(13):
@@ -96,3 +96,24 @@ def test_leak_limit_and_window_are_checked():
             SegmentParams(leak_window=bad).validate()
     SegmentParams(leak_limit=None).validate()  # None: no limit
     assert SegmentParams().leak_limit == 2.0 and SegmentParams().leak_window == 3
+
+
+def test_point_boxes_are_sized_from_the_points_whatever_the_map_shows():
+    """The leak limit re-decodes a slice from boxes the prior's region cannot widen: points within
+    two structure radii share a box of the radius around them plus its margin; a point further away
+    gets its own; boxes stop at the slice's edge. They are the boxes ``render`` gives points off the
+    salient region, so a salient map that would widen them changes nothing here."""
+    from SPDSegmentLib.method.prompts import PromptPoint
+    from SPDSegmentLib.method.rendering import point_boxes, render
+
+    shape, radius = (64, 64), 4.0
+    points = [PromptPoint(0, 20.0, 20.0), PromptPoint(0, 20.0, 26.0), PromptPoint(0, 50.0, 61.0)]
+    boxes = sorted(p.box_rc for p in point_boxes(points, shape, radius))
+    # (16..30 wide, 10 % of the 14 px extent is under the 2 px minimum margin) and (46..54, 57..65 clipped)
+    assert boxes == [(14.0, 14.0, 26.0, 32.0), (44.0, 55.0, 56.0, 63.0)], boxes
+    off_map = sorted(p.box_rc for p in render(points, np.zeros(shape, np.float32), 0.5, radius))
+    assert boxes == off_map
+    salient = np.ones(shape, np.float32)  # the prior's region covers the whole slice
+    assert sorted(p.box_rc for p in render(points, salient, 0.5, radius)) != boxes, "the premise: render widens"
+    assert [len(p.points_rc) for p in point_boxes(points, shape, radius, "box", with_points=True)] in ([2, 1], [1, 2])
+    assert point_boxes([], shape, radius) == []

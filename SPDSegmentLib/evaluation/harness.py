@@ -61,8 +61,8 @@ class PromptMethod:
 
 
 PROMPT_METHODS = {
-    "raw": PromptMethod("raw", propagate=False),
-    "random": PromptMethod("raw", propagate=False, random_half=True),
+    "raw": PromptMethod("raw", propagate=False, leak_limit=False),  # raw prompts: no limit runs (it needs consensus)
+    "random": PromptMethod("raw", propagate=False, random_half=True, leak_limit=False),
     "local": PromptMethod("local", propagate=False, leak_limit=False),
     "spd-votes": PromptMethod("spd", "sam-votes", propagate=False, leak_limit=False),
     "spd-continuity": PromptMethod("spd", "sam-track/fixed-boxes", propagate=False, leak_limit=False),
@@ -217,6 +217,7 @@ def evaluate_case(case: Case, backend, config: EvalConfig, severity: str, progre
     second_name = f"spd-{'trained' if config.second_prior else 'intensity'}"
     rows, masks, results, boxes = [], {}, {}, {}
     shared: dict[str, dict] = {}  # _maps_key -> the maps on the full prompt set, shared by the methods using them
+    window_preset = volume_window(volume, preset).preset  # an MRI window samples the volume: once per case
     # spd first: it computes the maps it shares, so its time column is a whole run
     order = sorted(dict.fromkeys(config.methods), key=lambda m: (PROMPT_METHODS.get(m, PromptMethod("")).random_half,
                                                                    m not in PROMPT_METHODS, m != "spd"))
@@ -235,7 +236,7 @@ def evaluate_case(case: Case, backend, config: EvalConfig, severity: str, progre
             params = SegmentParams(method=spec.cpd, consistency=spec.consistency, propagate=spec.propagate,
                                    **({} if spec.leak_limit else {"leak_limit": None}), **base)
             prompts = _random_half(centerline, config.seed) if spec.random_half else centerline
-            key = _maps_key(prior_spec, priors[prior_spec], volume, preset)
+            key = _maps_key(prior_spec, priors[prior_spec], window_preset)
             results[name] = _run(volume, prompts, backend, priors[prior_spec], params, shared.get(key))
             if not spec.random_half:  # the maps of the full prompt set are the ones to share
                 shared.setdefault(key, results[name].saliency_maps)
@@ -266,11 +267,12 @@ def evaluate_case(case: Case, backend, config: EvalConfig, severity: str, progre
                   "preset": preset, "boxes": boxes, "prior_role": role}
 
 
-def _maps_key(spec: str, prior, volume, preset: str) -> str:
-    """One key for the prior specs that give the same maps on ``volume``: the default ``sam-track``
-    gates MRI only, so on CT its maps are ``sam-track-ungated``'s (the ``spd-extent`` ablation row
-    then reuses ``spd``'s maps instead of tracking the volume again)."""
-    if isinstance(prior, TrackPrior) and not prior.gates(volume_window(volume, preset).preset):
+def _maps_key(spec: str, prior, window_preset: str) -> str:
+    """One key for the prior specs that give the same maps on a volume shown with ``window_preset``
+    (the resolved window, never ``auto``): the default ``sam-track`` gates MRI only, so on CT its
+    maps are ``sam-track-ungated``'s (the ``spd-extent`` ablation row then reuses ``spd``'s maps
+    instead of tracking the volume again)."""
+    if isinstance(prior, TrackPrior) and not prior.gates(window_preset):
         return repr(("sam-track, no gate", prior.params))
     return spec
 

@@ -183,6 +183,7 @@ class SPDSegmentMRMLLogic:
                 method: str = "spd", backend: str = "litemedsam", checkpoint: str | None = None,
                 decoder: str | None = None, prior: str | None = None, tau: float | None = None,
                 context: int = 2, consistency: bool = False, fallback: str = "empty", propagate: bool = True,
+                limitLeaks: bool = True,
                 intensityPreset: str = "auto", device: str = "auto", runtime: str = "auto",
                 showSaliency: bool = False, showPrompts: bool = True, maskNonFinite: bool = False,
                 force: bool = False, progress: Callable[[float, str], None] | None = None,
@@ -204,7 +205,8 @@ class SPDSegmentMRMLLogic:
         if not segmentName or not segmentName.strip():
             raise SPDInputError("give the new segment a name")
         params = SegmentParams(method=method, tau=tau, context=context, consistency=consistency,
-                               fallback=fallback, propagate=propagate, intensity_preset=intensityPreset)
+                               fallback=fallback, propagate=propagate, intensity_preset=intensityPreset,
+                               **({} if limitLeaks else {"leak_limit": None}))
         try:
             params.validate()
             checked = preflight(volume, centerline, params, mask_nonfinite=maskNonFinite)

@@ -20,7 +20,7 @@ from ..volume import Volume
 from .checks import Preflight, preflight
 from .cpd import FALLBACKS, MODES, SliceDecision, distill
 from .prompts import Centerline, SlicePrompts, prompt_extent, slice_prompts
-from .rendering import RenderedPrompt, region_prompts, render, structure_radius_px
+from .rendering import RenderedPrompt, point_boxes, region_prompts, render, structure_radius_px
 from .saliency import PriorInputs, SaliencyPrior
 from .windowing import volume_window
 
@@ -179,7 +179,7 @@ def _decode_union(backend, emb, prompts: list[RenderedPrompt], shape: tuple[int,
 
 def _limit_leaks(out: np.ndarray, decisions: dict[int, SliceDecision], consensus: dict, processed: list[int],
                  backend, slices_u8: dict[int, np.ndarray], radius_px: float, params: SegmentParams,
-                 with_points: bool, tau: float) -> None:
+                 with_points: bool) -> None:
     """The leak limit. A structure's cross-section changes little from one slice to the next; a
     mask over ``leak_limit`` x the median area of the masks segmented from points on the
     ``leak_window`` slices each side followed its box onto a neighbour (the prior's region ran
@@ -195,9 +195,8 @@ def _limit_leaks(out: np.ndarray, decisions: dict[int, SliceDecision], consensus
         out[t] = 0
         if not consensus[t]:
             continue
-        point_boxes = render(consensus[t], np.zeros(out[t].shape, dtype=np.float32), tau, radius_px,
-                             backend.prompt_mode, with_points)
-        out[t] = _decode_union(backend, backend.embed(slices_u8[t]), point_boxes, out[t].shape)
+        prompts = point_boxes(consensus[t], out[t].shape, radius_px, backend.prompt_mode, with_points)
+        out[t] = _decode_union(backend, backend.embed(slices_u8[t]), prompts, out[t].shape)
 
 
 def segment(volume: Volume, centerline: Centerline, backend, prior: SaliencyPrior,
@@ -317,8 +316,7 @@ def segment(volume: Volume, centerline: Centerline, backend, prior: SaliencyPrio
         previous = mask if params.consistency else None
     if params.leak_limit is not None and params.method != "raw":
         t1 = time.perf_counter()
-        _limit_leaks(out, decisions, consensus, processed, backend, slices_u8, radius_px, params,
-                     with_points, tau)
+        _limit_leaks(out, decisions, consensus, processed, backend, slices_u8, radius_px, params, with_points)
         timings["decode"] += time.perf_counter() - t1
     report(1.0, "done")
 

@@ -75,14 +75,8 @@ def render(points: list, saliency: np.ndarray, tau: float, radius_px: float, mod
             groups.setdefault(("region", int(lab)), []).append(p)
         else:
             loose.append(p)
-    if loose:
-        rc = np.array([[p.row, p.col] for p in loose])
-        if len(rc) == 1:
-            ids = np.zeros(1, dtype=int)
-        else:
-            _, ids = connected_components(squareform(pdist(rc)) < 2 * radius_px, directed=False)
-        for p, g in zip(loose, ids):
-            groups.setdefault(("loose", int(g)), []).append(p)
+    for g, group in enumerate(_proximity_groups(loose, radius_px)):
+        groups[("loose", g)] = group
 
     rr, cc = np.mgrid[: shape[0], : shape[1]]
     out = []
@@ -96,13 +90,47 @@ def render(points: list, saliency: np.ndarray, tau: float, radius_px: float, mod
             extent = np.vstack([region, rc])
         else:
             extent = np.vstack([rc - radius_px, rc + radius_px])
-        size = float(np.max(extent.max(0) - extent.min(0)))
-        box = _box(extent, shape, max(min_margin_px, margin_fraction * size))
-        if mode == "box":
-            out.append(RenderedPrompt(rc if with_points else np.empty((0, 2)), box))
-        else:
-            out.append(RenderedPrompt(rc, box if with_points else None))
+        out.append(_prompt(rc, extent, shape, mode, with_points, margin_fraction, min_margin_px))
     return out
+
+
+def point_boxes(points: list, shape: tuple[int, int], radius_px: float, mode: str = "box",
+                with_points: bool = False, margin_fraction: float = 0.1,
+                min_margin_px: float = 2.0) -> list[RenderedPrompt]:
+    """Prompts sized from the points alone, whatever the prior shows: points within two structure
+    radii form a group, and each group gets a box of the structure's radius around its points (what
+    ``render`` gives points off the salient region). The leak limit decodes a slice again from these
+    when the prior's region led SAM onto a neighbour."""
+    out = []
+    for group in _proximity_groups(points, radius_px):
+        rc = np.array([[p.row, p.col] for p in group])
+        extent = np.vstack([rc - radius_px, rc + radius_px])
+        out.append(_prompt(rc, extent, shape, mode, with_points, margin_fraction, min_margin_px))
+    return out
+
+
+def _proximity_groups(points: list, radius_px: float) -> list[list]:
+    """``points`` grouped by proximity: chains of points closer than two structure radii."""
+    if not points:
+        return []
+    if len(points) == 1:
+        return [list(points)]
+    rc = np.array([[p.row, p.col] for p in points])
+    _, ids = connected_components(squareform(pdist(rc)) < 2 * radius_px, directed=False)
+    groups: dict[int, list] = {}
+    for p, g in zip(points, ids):
+        groups.setdefault(int(g), []).append(p)
+    return list(groups.values())
+
+
+def _prompt(rc: np.ndarray, extent: np.ndarray, shape: tuple[int, int], mode: str, with_points: bool,
+            margin_fraction: float, min_margin_px: float) -> RenderedPrompt:
+    """One group's prompt: a box over ``extent`` plus a margin, with or without the group's points."""
+    size = float(np.max(extent.max(0) - extent.min(0)))
+    box = _box(extent, shape, max(min_margin_px, margin_fraction * size))
+    if mode == "box":
+        return RenderedPrompt(rc if with_points else np.empty((0, 2)), box)
+    return RenderedPrompt(rc, box if with_points else None)
 
 
 def region_prompts(saliency: np.ndarray, tau: float, mode: str = "box", min_area_px: int = 4,

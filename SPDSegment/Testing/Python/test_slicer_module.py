@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import slicer
 import slicer_headless
+import vtk
 from slicer_headless import DIALOGS, Choice, WithinRange, load_scripted_modules, load_ui, parameterNodeWrapper
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -532,3 +533,44 @@ def test_the_fill_gaps_box_reaches_the_run_and_off_leaves_a_long_gap_empty():
     np.testing.assert_array_equal(masks[True][:6], masks[False][:6])
     again = _widget()  # the module entered again: the box shows the choice kept in the scene's parameter node
     assert again.ui.propagateCheckBox.checked is False
+
+
+def test_the_limit_leaks_box_reaches_the_run_and_is_kept_in_the_scene():
+    """The panel's "Limit leaks" (parameter ``limitLeaks``, on by default) sets the run's leak limit:
+    on, the engine's default (2x the neighbours' median); off, none. The segment's parameter tag
+    records which, and the module entered again shows the choice kept in the parameter node. (What
+    the limit does to a mask is tested on real MR in Testing/test_leak_limit.py.)"""
+    from SPDSegmentLib.method.pipeline import SegmentParams
+
+    widget = _widget()
+    assert widget._parameterNode.limitLeaks is True and widget.ui.limitLeaksCheckBox.checked is True
+    volume, curve, _truth = _tube_scene()
+    p = widget._parameterNode
+    p.inputVolume, p.centerline, p.intensityPreset, p.device = volume, curve, "ct-angio", "cpu"
+    for limit in (True, False):
+        p.limitLeaks, p.outputSegmentation = limit, None
+        widget._checkCanApply()
+        widget.ui.applyButton.click()
+        assert not [d for d in DIALOGS if d[0] == "error"], DIALOGS
+        out = widget._lastOutput
+        expected = SegmentParams().leak_limit if limit else None
+        assert out.summary["params"]["leak_limit"] == expected
+        tag = vtk.reference("")  # vtkSegment::GetTag(name, std::string&): the value comes back by reference
+        assert out.segmentationNode.GetSegmentation().GetSegment(out.segmentId).GetTag("SPDSegment.parameters", tag)
+        assert f"'leak_limit': {expected}" in tag.get(), tag.get()
+        assert ("Limit leaks" in widget.ui.statusLabel.text) is bool(out.summary["counts"]["leak_limited_slices"])
+    again = _widget()
+    assert again.ui.limitLeaksCheckBox.checked is False
+
+
+def test_the_status_line_says_when_the_leak_limit_changed_slices():
+    """After a run the status line tells the radiologist how many slices the leak limit segmented again
+    and which box switches it off; with none, it does not mention it."""
+    _widget()  # loads the module
+    import SPDSegment
+
+    counts = {"kept": 12, "rejected": 3, "borrowed": 4, "fallback": 0, "empty_slices": 0}
+    quiet = SPDSegment.doneMessage({**counts, "leak_limited_slices": 0})
+    assert quiet.startswith("Done: kept 12, rejected 3, borrowed 4 prompts.") and "leak" not in quiet.lower()
+    told = SPDSegment.doneMessage({**counts, "leak_limited_slices": 3})
+    assert told.startswith(quiet) and "3 slice(s)" in told and "Advanced > Limit leaks" in told
