@@ -115,5 +115,10 @@ def test_point_boxes_are_sized_from_the_points_whatever_the_map_shows():
     assert boxes == off_map
     salient = np.ones(shape, np.float32)  # the prior's region covers the whole slice
     assert sorted(p.box_rc for p in render(points, salient, 0.5, radius)) != boxes, "the premise: render widens"
-    assert [len(p.points_rc) for p in point_boxes(points, shape, radius, "box", with_points=True)] in ([2, 1], [1, 2])
+    with_points = point_boxes(points, shape, radius, "box", with_points=True)
+    assert [(p.box_rc, len(p.points_rc)) for p in with_points] == [(boxes[0], 2), (boxes[1], 1)]
+    point_mode = point_boxes(points, shape, radius, "point")  # point backends: the points, no box unless asked
+    assert [p.box_rc for p in point_mode] == [None, None]
+    assert [p.points_rc.tolist() for p in point_mode] == [[[20.0, 20.0], [20.0, 26.0]], [[50.0, 61.0]]]
+    assert [p.box_rc for p in point_boxes(points, shape, radius, "point", with_points=True)] == boxes
     assert point_boxes([], shape, radius) == []

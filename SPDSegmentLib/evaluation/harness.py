@@ -61,7 +61,7 @@ class PromptMethod:
 
 
 PROMPT_METHODS = {
-    "raw": PromptMethod("raw", propagate=False, leak_limit=False),  # raw prompts: no limit runs (it needs consensus)
+    "raw": PromptMethod("raw", propagate=False, leak_limit=False),  # the pipeline never limits raw prompts anyway
     "random": PromptMethod("raw", propagate=False, random_half=True, leak_limit=False),
     "local": PromptMethod("local", propagate=False, leak_limit=False),
     "spd-votes": PromptMethod("spd", "sam-votes", propagate=False, leak_limit=False),

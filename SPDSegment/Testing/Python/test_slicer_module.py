@@ -540,6 +540,7 @@ def test_the_limit_leaks_box_reaches_the_run_and_is_kept_in_the_scene():
     on, the engine's default (2x the neighbours' median); off, none. The segment's parameter tag
     records which, and the module entered again shows the choice kept in the parameter node. (What
     the limit does to a mask is tested on real MR in Testing/test_leak_limit.py.)"""
+    import SPDSegment
     from SPDSegmentLib.method.pipeline import SegmentParams
 
     widget = _widget()
@@ -558,15 +559,17 @@ def test_the_limit_leaks_box_reaches_the_run_and_is_kept_in_the_scene():
         tag = vtk.reference("")  # vtkSegment::GetTag(name, std::string&): the value comes back by reference
         assert out.segmentationNode.GetSegmentation().GetSegment(out.segmentId).GetTag("SPDSegment.parameters", tag)
         assert f"'leak_limit': {expected}" in tag.get(), tag.get()
-        assert ("Limit leaks" in widget.ui.statusLabel.text) is bool(out.summary["counts"]["leak_limited_slices"])
+        assert widget.ui.statusLabel.text.startswith(SPDSegment.doneMessage(out.summary["counts"]))
     again = _widget()
     assert again.ui.limitLeaksCheckBox.checked is False
 
 
 def test_the_status_line_says_when_the_leak_limit_changed_slices():
     """After a run the status line tells the radiologist how many slices the leak limit segmented again
-    and which box switches it off; with none, it does not mention it."""
-    _widget()  # loads the module
+    and which box switches it off; with none, it does not mention it. The widget shows it after Apply:
+    the phantom has no leak, so the real run's counts are given two limited slices on their way back
+    (what the limit does to a real mask is tested in Testing/test_leak_limit.py)."""
+    widget = _widget()
     import SPDSegment
 
     counts = {"kept": 12, "rejected": 3, "borrowed": 4, "fallback": 0, "empty_slices": 0}
@@ -574,3 +577,20 @@ def test_the_status_line_says_when_the_leak_limit_changed_slices():
     assert quiet.startswith("Done: kept 12, rejected 3, borrowed 4 prompts.") and "leak" not in quiet.lower()
     told = SPDSegment.doneMessage({**counts, "leak_limited_slices": 3})
     assert told.startswith(quiet) and "3 slice(s)" in told and "Advanced > Limit leaks" in told
+
+    volume, curve, _truth = _tube_scene()
+    p = widget._parameterNode
+    p.inputVolume, p.centerline, p.intensityPreset, p.device, p.outputSegmentation = volume, curve, "ct-angio", "cpu", None
+    real_process = widget.logic.process
+
+    def process_with_two_limited_slices(*args, **kwargs):
+        out = real_process(*args, **kwargs)
+        assert out.summary["counts"]["leak_limited_slices"] == 0, "the premise: the phantom has no leak"
+        out.summary["counts"]["leak_limited_slices"] = 2
+        return out
+
+    widget.logic.process = process_with_two_limited_slices
+    widget._checkCanApply()
+    widget.ui.applyButton.click()
+    assert not [d for d in DIALOGS if d[0] == "error"], DIALOGS
+    assert "2 slice(s)" in widget.ui.statusLabel.text and "Advanced > Limit leaks" in widget.ui.statusLabel.text
