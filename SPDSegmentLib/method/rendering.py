@@ -67,31 +67,26 @@ def render(points: list, saliency: np.ndarray, tau: float, radius_px: float, mod
         return []
     shape = saliency.shape
     labels, _ = ndimage.label(saliency > tau)
-    groups: dict[tuple, list] = {}
+    regions: dict[int, list] = {}
     loose = []
     for p in points:
-        lab = labels[p.pixel]
+        lab = int(labels[p.pixel])
         if lab:
-            groups.setdefault(("region", int(lab)), []).append(p)
+            regions.setdefault(lab, []).append(p)
         else:
             loose.append(p)
-    for g, group in enumerate(_proximity_groups(loose, radius_px)):
-        groups[("loose", g)] = group
 
     rr, cc = np.mgrid[: shape[0], : shape[1]]
     out = []
-    for (kind, lab), pts in groups.items():
+    for lab, pts in regions.items():
         rc = np.array([[p.row, p.col] for p in pts])
-        if kind == "region":
-            near = np.zeros(shape, dtype=bool)
-            for r, c in rc:
-                near |= (rr - r) ** 2 + (cc - c) ** 2 <= (reach * radius_px) ** 2
-            region = np.argwhere((labels == lab) & near)
-            extent = np.vstack([region, rc])
-        else:
-            extent = np.vstack([rc - radius_px, rc + radius_px])
+        near = np.zeros(shape, dtype=bool)
+        for r, c in rc:
+            near |= (rr - r) ** 2 + (cc - c) ** 2 <= (reach * radius_px) ** 2
+        extent = np.vstack([np.argwhere((labels == lab) & near), rc])
         out.append(_prompt(rc, extent, shape, mode, with_points, margin_fraction, min_margin_px))
-    return out
+    # points off the salient region: boxes of the structure's size around them
+    return out + point_boxes(loose, shape, radius_px, mode, with_points, margin_fraction, min_margin_px)
 
 
 def point_boxes(points: list, shape: tuple[int, int], radius_px: float, mode: str = "box",

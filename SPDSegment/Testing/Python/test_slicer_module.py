@@ -189,6 +189,14 @@ def _widget():
     return widget
 
 
+def _apply(widget):
+    """Click Apply as the user does (after the panel enabled it); no error dialog may appear. The run's output."""
+    widget._checkCanApply()
+    widget.ui.applyButton.click()
+    assert not [d for d in DIALOGS if d[0] == "error"], DIALOGS
+    return widget._lastOutput
+
+
 def _scene_state():
     """Node count plus a hash of every volume and segment array: what "unchanged" means."""
     import hashlib
@@ -519,10 +527,7 @@ def test_the_fill_gaps_box_reaches_the_run_and_off_leaves_a_long_gap_empty():
     masks = {}
     for fill in (True, False):
         p.propagate, p.outputSegmentation = fill, None
-        widget._checkCanApply()
-        widget.ui.applyButton.click()
-        assert not [d for d in DIALOGS if d[0] == "error"], DIALOGS
-        out = widget._lastOutput
+        out = _apply(widget)
         assert out.summary["params"]["propagate"] is fill
         masks[fill] = slicer.util.arrayFromSegmentBinaryLabelmap(out.segmentationNode, out.segmentId, volume)
     gap = slice(8, 14)
@@ -550,10 +555,7 @@ def test_the_limit_leaks_box_reaches_the_run_and_is_kept_in_the_scene():
     p.inputVolume, p.centerline, p.intensityPreset, p.device = volume, curve, "ct-angio", "cpu"
     for limit in (True, False):
         p.limitLeaks, p.outputSegmentation = limit, None
-        widget._checkCanApply()
-        widget.ui.applyButton.click()
-        assert not [d for d in DIALOGS if d[0] == "error"], DIALOGS
-        out = widget._lastOutput
+        out = _apply(widget)
         expected = SegmentParams().leak_limit if limit else None
         assert out.summary["params"]["leak_limit"] == expected
         tag = vtk.reference("")  # vtkSegment::GetTag(name, std::string&): the value comes back by reference
@@ -590,7 +592,5 @@ def test_the_status_line_says_when_the_leak_limit_changed_slices():
         return out
 
     widget.logic.process = process_with_two_limited_slices
-    widget._checkCanApply()
-    widget.ui.applyButton.click()
-    assert not [d for d in DIALOGS if d[0] == "error"], DIALOGS
+    _apply(widget)
     assert "2 slice(s)" in widget.ui.statusLabel.text and "Advanced > Limit leaks" in widget.ui.statusLabel.text
