@@ -122,3 +122,62 @@ def test_point_boxes_are_sized_from_the_points_whatever_the_map_shows():
     assert [p.points_rc.tolist() for p in point_mode] == [[[20.0, 20.0], [20.0, 26.0]], [[50.0, 61.0]]]
     assert [p.box_rc for p in point_boxes(points, shape, radius, "point", with_points=True)] == boxes
     assert point_boxes([], shape, radius) == []
+
+
+class _RecordingBackend:
+    """The real backend, with every prompt it decodes written down (nothing is stubbed: each call
+    goes on to LiteMedSAM)."""
+
+    def __init__(self, backend):
+        self._backend = backend
+        self.decoded: list[tuple] = []
+
+    def decode(self, emb, points_rc=None, box_rc=None):
+        self.decoded.append((None if points_rc is None else np.asarray(points_rc).tolist(), box_rc))
+        return self._backend.decode(emb, points_rc, box_rc)
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+
+def test_a_judged_slice_is_decoded_again_from_its_points_boxes_on_the_real_image(backend):
+    """A slice with points whose mask is over twice its neighbours' is decoded again by SAM from the
+    point-sized boxes around its own consensus points (``point_boxes``), never from the prior's
+    region, and only that slice is decoded: on the real MR IVC, the new mask is the decode of exactly
+    those boxes, far smaller than the leak it replaces, and on the vein."""
+    from SPDSegmentLib.method.prompts import PromptPoint
+    from SPDSegmentLib.method.rendering import point_boxes
+    from SPDSegmentLib.method.windowing import volume_window
+    from SPDSegmentLib.method.pipeline import _decode_union
+
+    volume, label, _ = _noisy_mr("inferior_vena_cava", "mild")
+    ref = volume.with_array(label).slices() > 0
+    t = 3 + int(np.argmax(ref.sum(axis=(1, 2))[3:-3]))  # the vein's widest slice with three on each side
+    rows, cols = np.nonzero(ref[t])
+    centre = PromptPoint(t, float(np.median(rows)), float(np.median(cols)))
+    assert ref[t][centre.pixel], "the premise: the point lies on the vein"
+    slices = list(range(t - 3, t + 4))
+    shape = ref[t].shape
+    out = np.zeros((volume.num_slices, *shape), dtype=np.uint8)
+    for s in slices:
+        out[s] = ref[s]  # the neighbours: the vein itself
+    out[t, : shape[0] // 2] = 1  # slice t: a leak over half the image
+    window = volume_window(volume, "mri")
+    slices_u8 = {s: window.apply(volume.slices()[s]) for s in slices}
+    consensus = {s: [] for s in slices}
+    consensus[t] = [centre]
+    decisions = _decisions(slices)
+    radius = 4.0
+    recorder = _RecordingBackend(backend)
+    _limit_leaks(out, decisions, consensus, slices, recorder, slices_u8, radius, SegmentParams(), False)
+
+    assert [s for s in slices if "leak-limited" in decisions[s].flags] == [t]
+    expected = point_boxes([centre], shape, radius, backend.prompt_mode, False)
+    assert recorder.decoded == [(None, p.box_rc) for p in expected], "decoded from the point's box alone"
+    again = _decode_union(backend, backend.embed(slices_u8[t]), expected, shape)
+    assert np.array_equal(out[t] > 0, again)
+    assert 0 < out[t].sum() < 0.1 * shape[0] * shape[1] / 2, "far smaller than the leak"
+    assert dice(out[t] > 0, ref[t]) > 0.5, f"on the vein: DSC {dice(out[t] > 0, ref[t]):.2f}"
+    for s in slices:
+        if s != t:
+            assert np.array_equal(out[s] > 0, ref[s]), f"slice {s} is not judged and stays as it was"
