@@ -13,7 +13,7 @@ from SPDSegmentLib.evaluation.noise import simulate
 from SPDSegmentLib.evaluation.skeleton import centerline_from_label
 from SPDSegmentLib.io import read_volume
 from SPDSegmentLib.method.cpd import SliceDecision
-from SPDSegmentLib.method.pipeline import SegmentParams, _limit_leaks, segment
+from SPDSegmentLib.method.pipeline import SegmentParams, _decode_union, _limit_leaks, segment
 from SPDSegmentLib.method.saliency import load_prior
 
 
@@ -148,7 +148,6 @@ def test_a_judged_slice_is_decoded_again_from_its_points_boxes_on_the_real_image
     from SPDSegmentLib.method.prompts import PromptPoint
     from SPDSegmentLib.method.rendering import point_boxes
     from SPDSegmentLib.method.windowing import volume_window
-    from SPDSegmentLib.method.pipeline import _decode_union
 
     volume, label, _ = _noisy_mr("inferior_vena_cava", "mild")
     ref = volume.with_array(label).slices() > 0
