@@ -264,12 +264,13 @@ def read_markups(path: str | Path) -> Centerline:
         raise InputError(f"{path}: unknown coordinateSystem {system!r} (Slicer writes LPS or RAS)")
     if system == "LPS":
         ras = ras * [-1, -1, 1]
-    closed = kind == "ClosedCurve"
-    if closed:
-        ras = np.vstack([ras, ras[:1]])
+    # a curve runs as Slicer draws it: a cardinal spline through the control points (its default
+    # curve type; a .mrk.json does not store another), a line straight, a point list not at all
+    interpolation = {"Curve": "spline", "ClosedCurve": "closed-spline"}.get(kind, "linear")
     name = markup.get("name")
     return Centerline(ras, ordered=kind != "Fiducial",
-                      name=name if isinstance(name, str) and name else path.name.split(".")[0])
+                      name=name if isinstance(name, str) and name else path.name.split(".")[0],
+                      interpolation=interpolation)
 
 
 def markups_document(kind: str, name: str, ras: np.ndarray, labels: list[str] | None = None,

@@ -93,3 +93,43 @@ def test_a_shallow_but_not_in_plane_curve_gets_no_extra_points():
     src = np.array([[2, 5, 10], [12, 25, 10]], float)  # 2 pixels (2 mm) per 2 mm slice
     prompts = slice_prompts(Centerline(vol.src_to_ras(src)), vol, in_plane=True)
     assert all(len(v) == 1 for v in prompts.values())
+
+
+def test_a_slicer_curve_file_runs_as_a_spline_through_its_points(tmp_path):
+    """A curve read from a .mrk.json runs as Slicer draws it: a cardinal spline through the control
+    points (compared with Slicer's own curve on real MRML in the module's tests), not straight lines.
+    A line stays straight, a point list unordered, and a closed curve closes without a repeated point."""
+    import pytest
+
+    from SPDSegmentLib.io import markups_document, read_markups, write_markups
+    from SPDSegmentLib.method.prompts import SLICER_POINTS_PER_SEGMENT, slicer_curve_points
+
+    vol = _vol(np.eye(4), shape=(30, 60, 60))
+    # a bend clicked sparsely: three points, the middle one 20 px off the ends' line
+    control = vol.src_to_ras(np.array([[2.0, 10.0, 30.0], [14.0, 30.0, 30.0], [26.0, 10.0, 30.0]]))
+    curves = {}
+    for kind in ("Curve", "ClosedCurve", "Line", "Fiducial"):
+        path = write_markups(tmp_path / f"{kind}.mrk.json", markups_document(kind, kind, control))
+        curves[kind] = read_markups(path)
+    assert [(c.ordered, c.interpolation) for c in curves.values()] == [
+        (True, "spline"), (True, "closed-spline"), (True, "linear"), (False, "linear")]
+    for c in curves.values():
+        np.testing.assert_allclose(c.points_ras, control, atol=1e-9)  # the control points, as read
+    spline = curves["Curve"].path_ras()
+    assert len(spline) == 2 * SLICER_POINTS_PER_SEGMENT + 1
+    np.testing.assert_allclose(spline[::SLICER_POINTS_PER_SEGMENT], control, atol=1e-9)  # through every point
+    closed = curves["ClosedCurve"].path_ras()
+    assert len(closed) == 3 * SLICER_POINTS_PER_SEGMENT + 1 and np.allclose(closed[0], closed[-1])
+    np.testing.assert_array_equal(curves["Line"].path_ras(), control)
+    # two points: the spline stays on the segment between them
+    two = slicer_curve_points(control[:2])
+    direction = (control[1] - control[0]) / np.linalg.norm(control[1] - control[0])
+    off = (two - control[0]) - np.outer((two - control[0]) @ direction, direction)
+    assert np.abs(off).max() < 1e-9
+    # on the slices between the points the spline bulges past the chord, towards the bend's outside
+    by_spline, by_chord = slice_prompts(curves["Curve"], vol), slice_prompts(curves["Line"], vol)
+    assert sorted(by_spline) == sorted(by_chord) == list(range(2, 27))
+    assert by_spline[8][0].row > by_chord[8][0].row + 1.0
+    assert abs(by_spline[14][0].row - 30.0) < 1e-6 and abs(by_chord[14][0].row - 30.0) < 1e-6
+    with pytest.raises(ValueError, match="interpolation"):
+        Centerline(control, interpolation="bezier")

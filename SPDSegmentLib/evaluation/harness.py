@@ -28,7 +28,7 @@ import csv
 import json
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -152,7 +152,7 @@ def _random_half(centerline: Centerline, seed: int) -> Centerline:
     rng = np.random.default_rng(seed + 7919)
     keep = rng.random(len(centerline.points_ras)) < 0.5
     keep[rng.integers(len(keep))] = True
-    return Centerline(centerline.points_ras[keep], centerline.ordered, centerline.name + "-random")
+    return replace(centerline, points_ras=centerline.points_ras[keep], name=centerline.name + "-random")
 
 
 def prior_quality(saliency: dict[int, np.ndarray], label_src: np.ndarray, tau: float) -> dict[str, float]:

@@ -132,7 +132,7 @@ def check_centerline(volume: Volume, centerline: Centerline, step_mm: float = 1.
     A curve longer than a cropped volume is fine: only the part within the volume's slice range is
     judged, and most of that part must lie inside the slices (a curve in another coordinate system,
     e.g. LPS read as RAS, lands beside the body)."""
-    pts = centerline.points_ras
+    pts = centerline.path_ras()
     if centerline.ordered and len(pts) > 1:
         seg = np.linalg.norm(np.diff(pts, axis=0), axis=1)
         arc = np.r_[0.0, np.cumsum(seg)]

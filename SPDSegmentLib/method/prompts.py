@@ -1,11 +1,17 @@
 """Centerlines (RAS) and their per-slice point prompts.
 
-A curve (ordered polyline, any density) yields, on every slice, the points where its segments cross
+A curve (ordered, any density) yields, on every slice, the points where its segments cross
 the slice plane, interpolated exactly: a tortuous curve (aortic arch, bowel loop) crosses a slice
 several times; where the curve runs inside a slice for more than two slice thicknesses, that
 slice also gets points along the run, one per slice thickness (``in_plane``, the default). A point list yields the points
 within half a voxel of each slice. On each slice the points are then grouped by in-plane proximity,
 so separate crossings stay separate prompt groups.
+
+A curve runs between its points as the user saw it drawn: straight (``linear``: curves made here,
+Slicer's own sampled curve points) or, for a curve read from a Slicer markups file, as the cardinal
+spline Slicer draws through the control points (``spline``, ``closed-spline``; see
+:func:`slicer_curve_points`). A sparse curve around a bend would otherwise cut the corner, and the
+command line would prompt other points than the Slicer module does on the same curve.
 """
 from __future__ import annotations
 
@@ -13,19 +19,46 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 import numpy as np
+from scipy.interpolate import CubicSpline
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import pdist, squareform
 
 from ..volume import Volume
 
+INTERPOLATIONS = ("linear", "spline", "closed-spline")
+SLICER_POINTS_PER_SEGMENT = 10  # how finely a Slicer curve node samples its curve (vtkMRMLMarkupsCurveNode)
+
+
+def slicer_curve_points(control_ras: np.ndarray, closed: bool = False,
+                        points_per_segment: int = SLICER_POINTS_PER_SEGMENT) -> np.ndarray:
+    """The points of the curve Slicer draws through ``control_ras`` with its default curve type
+    (cardinal spline): per coordinate a cubic spline over uniform knots, one per control point, with a
+    zero first derivative at both ends of an open curve and periodic for a closed one, sampled
+    ``points_per_segment`` times per segment, control points included. A file's curve is read as the
+    user saw it, and as the module reads the same curve from the scene
+    (``slicer.util.arrayFromMarkupsCurvePoints``; the tests compare the two on real MRML nodes)."""
+    pts = np.asarray(control_ras, dtype=float).reshape(-1, 3)
+    if len(pts) < 2:
+        return pts.copy()
+    if closed:
+        knots, values, ends, segments = np.arange(len(pts) + 1), np.vstack([pts, pts[:1]]), "periodic", len(pts)
+    else:
+        zero = np.zeros(3)
+        knots, values, ends, segments = np.arange(len(pts)), pts, ((1, zero), (1, zero)), len(pts) - 1
+    u = np.linspace(0.0, segments, points_per_segment * segments + 1)
+    return CubicSpline(knots, values, axis=0, bc_type=ends)(u)
+
 
 @dataclass(frozen=True)
 class Centerline:
-    """RAS points; ``ordered`` means a curve (polyline), otherwise an unordered point list."""
+    """RAS points; ``ordered`` means a curve, otherwise an unordered point list. ``interpolation``
+    says how a curve runs between its points: ``linear`` (a polyline), or ``spline`` /
+    ``closed-spline`` (the cardinal spline of a Slicer curve read from a file)."""
 
     points_ras: np.ndarray
     ordered: bool = True
     name: str = "centerline"
+    interpolation: str = "linear"
 
     def __post_init__(self) -> None:
         pts = np.asarray(self.points_ras, dtype=float).reshape(-1, 3)
@@ -33,7 +66,15 @@ class Centerline:
             raise ValueError(f"{self.name}: centerline has non-finite coordinates")
         if len(pts) == 0:
             raise ValueError(f"{self.name}: centerline has no points")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"{self.name}: interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
         object.__setattr__(self, "points_ras", pts)
+
+    def path_ras(self) -> np.ndarray:
+        """The polyline a curve's prompts are cut from: its points, or its spline's samples."""
+        if not self.ordered or self.interpolation == "linear":
+            return self.points_ras
+        return slicer_curve_points(self.points_ras, closed=self.interpolation == "closed-spline")
 
 
 @dataclass(frozen=True)
@@ -139,7 +180,7 @@ def slice_prompts(centerline: Centerline, volume: Volume, group_distance_mm: flo
     (:func:`_in_plane_samples`): one crossing per slice would prompt only one spot of a vessel that
     runs along the slice.
     """
-    src = volume.ras_to_src(centerline.points_ras)
+    src = volume.ras_to_src(centerline.path_ras())
     if centerline.ordered and len(src) > 1:
         raw = _curve_crossings(src, volume.num_slices)
         if in_plane:

@@ -11,7 +11,7 @@ import vtk
 import SPDSegment
 from SPDSegmentLib.evaluation import sample_data  # noqa: F401  (fixtures read the fetched CTA)
 from SPDSegmentLib.evaluation.metrics import dice
-from SPDSegmentLib.frontends.mrml_logic import SPDInputError
+from SPDSegmentLib.frontends.mrml_logic import SPDInputError, SPDSegmentMRMLLogic
 from SPDSegmentLib.io import read_markups, read_segmentation, read_volume, write_centerline
 from SPDSegmentLib.method.prompts import Centerline
 
@@ -225,3 +225,40 @@ def test_a_prior_that_does_not_fit_the_scan_is_reported_in_the_summary(cta_case,
                         prior="trained-aorta")
     assert out.summary["counts"]["rejected"] > 4 * out.summary["counts"]["kept"]
     assert len(out.summary["warnings"]) == 1 and "sam-track" in out.summary["warnings"][0]
+
+
+@pytest.mark.parametrize("kind", ["Curve", "ClosedCurve"])
+def test_a_curve_file_is_read_as_the_curve_slicer_draws_and_prompts_as_the_module_does(cta_case, tmp_path, kind):
+    """A .mrk.json curve read by the engine (command line, evaluate --cases, batch) runs through the
+    same points as the curve Slicer draws from that file (a cardinal spline, sampled 10 times per
+    segment), and so gives the same slice prompts as the module, which reads the scene's curve
+    points. Sparse control points around bends, as a radiologist clicks them: joined by straight
+    lines, the engine's curve left Slicer's by millimetres and prompted other points."""
+    from SPDSegmentLib.io import markups_document, write_markups
+    from SPDSegmentLib.method.prompts import slice_prompts
+
+    volume, _label, centerline = cta_case
+    slab = read_volume_from_node(_slab_node(volume), tmp_path)
+    rng = np.random.default_rng(7)
+    for n in (2, 3, 4, 7):
+        # control points every few slices along the real aorta, moved a few mm sideways
+        picks = np.linspace(0, len(centerline.points_ras) - 1, n).round().astype(int)
+        control = centerline.points_ras[picks] + rng.normal(0, 3.0, (n, 3)) * [1, 1, 0]
+        path = write_markups(tmp_path / f"{kind}{n}.mrk.json", markups_document(kind, f"c{n}", control))
+        node = slicer.mrmlScene.GetNodeByID(slicer.modules.markups.logic().LoadMarkups(str(path)))
+        assert node.IsA(f"vtkMRMLMarkups{kind}Node")
+        from_file = read_markups(path)
+        drawn = slicer.util.arrayFromMarkupsCurvePoints(node, world=True)
+        assert from_file.path_ras().shape == drawn.shape
+        np.testing.assert_allclose(from_file.path_ras(), drawn, atol=1e-3)  # Slicer stores float32
+        np.testing.assert_allclose(from_file.points_ras, control, atol=1e-6)  # the control points, as read
+        engine, module = slice_prompts(from_file, slab), slice_prompts(SPDSegmentMRMLLogic.centerlineFromNode(node), slab)
+        assert engine.keys() == module.keys() and engine, f"{kind} of {n}: the same slices are prompted"
+        for t in engine:
+            a = np.array([[p.row, p.col] for p in engine[t]])
+            b = np.array([[p.row, p.col] for p in module[t]])
+            np.testing.assert_allclose(a, b, atol=1e-3)
+    chord = Centerline(control, True, "polyline")  # the premise: straight lines prompt elsewhere
+    moved = [t for t in engine if t in slice_prompts(chord, slab) and not np.allclose(
+        [[p.row, p.col] for p in engine[t]][:1], [[p.row, p.col] for p in slice_prompts(chord, slab)[t]][:1], atol=0.5)]
+    assert moved, "a sparse curve's spline and its chords differ by more than half a pixel somewhere"
