@@ -305,6 +305,8 @@ def write_markups(path: str | Path, document: dict, overwrite: bool = False) -> 
 
 
 def write_centerline(centerline: Centerline, path: str | Path, overwrite: bool = False) -> Path:
-    kind = "Curve" if centerline.ordered else "Fiducial"
+    """A centerline as Slicer markups; a closed curve stays closed when read back."""
+    kind = "Fiducial" if not centerline.ordered else "ClosedCurve" if centerline.interpolation == "closed-spline" \
+        else "Curve"
     return write_markups(path, markups_document(kind, centerline.name, centerline.points_ras),
                          overwrite=overwrite)

@@ -133,3 +133,10 @@ def test_a_slicer_curve_file_runs_as_a_spline_through_its_points(tmp_path):
     assert abs(by_spline[14][0].row - 30.0) < 1e-6 and abs(by_chord[14][0].row - 30.0) < 1e-6
     with pytest.raises(ValueError, match="interpolation"):
         Centerline(control, interpolation="bezier")
+    # written back, each kind reads back as the same kind of curve
+    from SPDSegmentLib.io import write_centerline
+    for kind, c in curves.items():
+        back = read_markups(write_centerline(c, tmp_path / f"back_{kind}.mrk.json"))
+        expected = (c.ordered, c.interpolation) if kind != "Line" else (True, "spline")  # a line is written as a curve
+        assert (back.ordered, back.interpolation) == expected, kind
+        np.testing.assert_allclose(back.points_ras, control, atol=1e-9)

@@ -162,7 +162,8 @@ def test_a_judged_slice_is_decoded_again_from_its_points_boxes_on_the_real_image
         out[s] = ref[s]  # the neighbours: the vein itself
     out[t, : shape[0] // 2] = 1  # slice t: a leak over half the image
     window = volume_window(volume, "mri")
-    slices_u8 = {s: window.apply(volume.slices()[s]) for s in slices}
+    src = volume.slices()
+    slices_u8 = {s: window.apply(src[s]) for s in slices}
     consensus = {s: [] for s in slices}
     consensus[t] = [centre]
     decisions = _decisions(slices)

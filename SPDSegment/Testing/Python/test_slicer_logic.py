@@ -258,7 +258,7 @@ def test_a_curve_file_is_read_as_the_curve_slicer_draws_and_prompts_as_the_modul
             a = np.array([[p.row, p.col] for p in engine[t]])
             b = np.array([[p.row, p.col] for p in module[t]])
             np.testing.assert_allclose(a, b, atol=1e-3)
-    chord = Centerline(control, True, "polyline")  # the premise: straight lines prompt elsewhere
-    moved = [t for t in engine if t in slice_prompts(chord, slab) and not np.allclose(
-        [[p.row, p.col] for p in engine[t]][:1], [[p.row, p.col] for p in slice_prompts(chord, slab)[t]][:1], atol=0.5)]
+    chord = slice_prompts(Centerline(control, True, "polyline"), slab)  # the premise: straight lines prompt elsewhere
+    moved = [t for t in engine if t in chord and not np.allclose(
+        [engine[t][0].row, engine[t][0].col], [chord[t][0].row, chord[t][0].col], atol=0.5)]
     assert moved, "a sparse curve's spline and its chords differ by more than half a pixel somewhere"
