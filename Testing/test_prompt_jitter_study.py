@@ -15,6 +15,7 @@ from SPDSegmentLib.evaluation.metrics import dice
 from SPDSegmentLib.evaluation.noise import simulate
 from SPDSegmentLib.evaluation.skeleton import centerline_from_label
 from SPDSegmentLib.io import read_volume
+from SPDSegmentLib.method.continuity import TrackedObject, TrackingResult
 from SPDSegmentLib.method.pipeline import SegmentParams, segment
 from SPDSegmentLib.method.prompts import Centerline, PromptPoint
 from SPDSegmentLib.method.saliency import PriorInputs, TrackPrior
@@ -156,6 +157,41 @@ def test_the_summary_counts_losses_against_raw_as_drawn(study):
     assert "median 0.0 points" in lines[7], "a copy that processes other slices (None) is left out"
     assert "median 20.0 points" in lines[8] and "over 5 points on 1 pairs" in lines[8]
     assert lines[9].endswith(": 1"), "the third copy loses (0.55 < 0.61 - 0.01)"
+
+
+def _object(oid: int, rows: slice, slices=range(3)) -> TrackedObject:
+    masks = {}
+    for t in slices:
+        m = np.zeros((10, 10), dtype=bool)
+        m[rows, 2:8] = True
+        masks[t] = m
+    return TrackedObject(oid, masks)
+
+
+def test_flipped_decisions_are_matched_by_3d_dice_and_grouped_by_kind(study):
+    ref = np.zeros((3, 10, 10), dtype=bool)
+    ref[:, 0:4] = True
+    drawn = TrackingResult([_object(0, slice(0, 4)), _object(1, slice(4, 6)), _object(2, slice(7, 10))], kept=[0, 1],
+                           reasons={0: "target: 12 points", 1: "kept: 5 points, another part of the target",
+                                    2: "rejected: a drift excursion from the target (4 points)"})
+    moved = TrackingResult([_object(10, slice(0, 4)), _object(12, slice(7, 10), range(2)),
+                            _object(11, slice(5, 6), range(1))], kept=[10, 12],
+                           reasons={10: "target: 13 points", 12: "kept: 6 points, another part of the target",
+                                    11: "rejected: 1 points with its parts, fewer than 5"})
+    assert study.object_dice(drawn.objects[2], moved.objects[1]) == pytest.approx(0.8)  # 2 of 3 slices
+    assert study.object_dice(drawn.objects[1], moved.objects[2]) == pytest.approx(2 * 6 / (36 + 6))  # 0.29: no match
+    flips = study.decision_flips(drawn, moved, ref)
+    assert flips == [
+        {"drawn": "kept: N points, another part of the target", "moved": "no matching object", "area": 12,
+         "on_label": 0.0},
+        {"drawn": "rejected: a drift excursion from the target", "moved": "kept: N points, another part of the target",
+         "area": 18, "on_label": 0.0}]
+    lines = study.flips_summary([{"region-dice": [1.0, 0.85], "flips": flips},
+                                 {"region-dice": [0.95], "flips": [{"drawn": "target: N points",
+                                                                    "moved": "no matching object"}]}])
+    assert lines[0].endswith("unchanged on 1, its 3-D Dice with the drawn one's median 0.950, below 0.9 on 1")
+    assert lines[1] == "pairs with a flip: 2; flips: 3; pairs where the target changes: 1"
+    assert len(lines) == 5
 
 
 def test_the_scored_draw_is_refused(study):

@@ -1,7 +1,7 @@
 """How much do sub-voxel moves of the clicks move SPD, and do votes over such moves steady it?
 
     .venv/bin/python studies/prompt_jitter.py --cases ~/.cache/spdsegment/cases --seed 1 [--jobs 2]
-        [--severities clinical] [--copies 3] [--sd-mm 0.5] [--out studies_out]
+        [--severities clinical] [--copies 3] [--sd-mm 0.5] [--out studies_out] [--flips]
 
 Why: a user who clicks the same centerline again places every point a fraction of a voxel
 elsewhere. A method whose result flips with that makes its per-case figures a lottery
@@ -18,6 +18,10 @@ runs, with the same backend and embeddings:
 * which side of SPD moves: ``prior-moved`` decodes the drawn curve's prompts with the prior's maps
   of each moved copy, ``prompts-moved`` each moved copy's prompts with the drawn curve's maps.
 
+With ``--flips`` it runs only the continuity tracker, on the drawn prompts and on moved copies of
+them, and counts the decisions that flip: objects are matched across runs by their 3-D Dice (over
+``MATCH_DICE``), and an object kept in one run whose match is rejected, or that has none, flips.
+
 It prints one JSON line per pair and a summary per variant: mean DSC and the pairs where the
 variant loses to raw as drawn, the figures the adoption rule of docs/method.md reads. Seed 0 is the
 evaluation's scored draw (README, docs/evaluation) and is refused.
@@ -27,7 +31,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -37,6 +43,7 @@ SCORED_SEED = 0  # the seed evaluate-sample scores (EvalConfig's default)
 SEVERITIES = ("mild", "clinical", "severe")
 LOSS_MARGIN = 0.01  # the per-case target: SPD >= raw - 0.01
 VARIANTS = ("spd", "prior-majority", "prior-union", "pipeline-majority")
+MATCH_DICE = 0.5  # 3-D Dice over which two runs' objects are the same object
 
 
 def moved_prompts(prompts: dict, spacing_rc: tuple[float, float], shape: tuple[int, int], sd_mm: float,
@@ -137,8 +144,66 @@ def pair_figures(volume, ref: np.ndarray, preset: str, drawn, backend, priors: d
     return dsc
 
 
-def _pairs(args: tuple[str, int, list[str], list[str], int, float, str]) -> list[dict]:
-    """Every variant's DSC for some cases (one worker's share)."""
+def object_dice(a, b) -> float:
+    """3-D Dice of two tracked objects' masks (slices missing from one count as empty there)."""
+    inter = sum(int((m & b.masks[t]).sum()) for t, m in a.masks.items() if t in b.masks)
+    total = sum(int(m.sum()) for m in a.masks.values()) + sum(int(m.sum()) for m in b.masks.values())
+    return 2.0 * inter / total if total else 0.0
+
+
+def _reason_kind(reason: str | None) -> str:
+    """A selection reason with its counts as N and its parentheses dropped, so reasons group by kind."""
+    if not reason:
+        return "?"
+    return re.sub(r"\s+", " ", re.sub(r"\s*\([^)]*\)", "", re.sub(r"\d+(\.\d+)?", "N", reason))).strip()
+
+
+def decision_flips(drawn, moved, ref: np.ndarray) -> list[dict]:
+    """The objects of the drawn run (a ``TrackingResult``) whose keep / reject decision differs on the
+    moved run: its best match there (Dice over ``MATCH_DICE``) decided otherwise, or it has none
+    (then it flips only when it was kept). ``ref``: the label's slices, for each object's share on it."""
+    out = []
+    for o in drawn.objects:
+        best = max(moved.objects, key=lambda q: object_dice(o, q), default=None)
+        matched = best is not None and object_dice(o, best) > MATCH_DICE
+        kept, kept_moved = o.oid in drawn.kept, matched and best.oid in moved.kept
+        if kept == kept_moved:
+            continue
+        on_label = float(np.mean([(m & ref[t]).sum() / max(m.sum(), 1) for t, m in o.masks.items()]))
+        out.append({"drawn": _reason_kind(drawn.reasons.get(o.oid)),
+                    "moved": _reason_kind(moved.reasons.get(best.oid)) if matched else "no matching object",
+                    "area": int(np.median([m.sum() for m in o.masks.values()])), "on_label": round(on_label, 2)})
+    return out
+
+
+def pair_flips(volume, ref: np.ndarray, preset: str, drawn, backend, copies: int, sd_mm: float) -> dict:
+    """The tracker on the drawn curve's prompts and on ``copies - 1`` moved copies of them: per copy,
+    the 3-D Dice of its kept region with the drawn one's, and the decisions that flipped."""
+    from SPDSegmentLib.method.continuity import Tracker
+    from SPDSegmentLib.method.pipeline import SegmentParams
+    from SPDSegmentLib.method.prompts import prompt_extent, slice_prompts
+    from SPDSegmentLib.method.windowing import volume_window
+
+    params = SegmentParams(intensity_preset=preset)
+    prompts = slice_prompts(drawn, volume, params.group_distance_mm)
+    slices = list(prompt_extent(prompts, params.context, volume.num_slices))
+    window, src = volume_window(volume, preset), volume.slices()
+    slices_u8 = {t: window.apply(src[t]) for t in slices}
+    runs = [Tracker(backend, slices_u8, prompts if k == 0 else moved_prompts(
+        prompts, volume.in_plane_spacing, volume.slice_shape, sd_mm, seed=k), volume.in_plane_spacing).run(slices)
+        for k in range(copies)]
+
+    def region(run) -> np.ndarray:
+        maps = run.maps(slices, volume.slice_shape)
+        return np.stack([maps[t] > 0 for t in slices])
+
+    a = region(runs[0])
+    dices = [round(2.0 * float((a & b).sum()) / max(int(a.sum() + b.sum()), 1), 4) for b in map(region, runs[1:])]
+    return {"region-dice": dices, "flips": [f for run in runs[1:] for f in decision_flips(runs[0], run, ref)]}
+
+
+def _pairs(args: tuple[str, int, list[str], list[str], int, float, str, bool]) -> list[dict]:
+    """Every variant's DSC (or, with ``flips``, the tracker's flips) for some cases (one worker's share)."""
     from SPDSegmentLib.evaluation.cases import find_cases
     from SPDSegmentLib.evaluation.noise import simulate
     from SPDSegmentLib.evaluation.skeleton import centerline_from_label
@@ -147,7 +212,7 @@ def _pairs(args: tuple[str, int, list[str], list[str], int, float, str]) -> list
     from SPDSegmentLib.sam.backend import load_backend
     from SPDSegmentLib.sam.embedding_cache import EmbeddingCache
 
-    cases_dir, seed, names, severities, copies, sd_mm, cache_dir = args
+    cases_dir, seed, names, severities, copies, sd_mm, cache_dir, flips = args
     backend = load_backend("litemedsam", None, "auto", cache=EmbeddingCache(folder=cache_dir))
     priors = {"spd": TrackPrior(), "prior-majority": VotingPrior(TrackPrior(), copies, None, sd_mm),
               "prior-union": VotingPrior(TrackPrior(), copies, 1, sd_mm)}
@@ -158,15 +223,17 @@ def _pairs(args: tuple[str, int, list[str], list[str], int, float, str]) -> list
         ref = volume.with_array(label).slices() > 0
         for severity in severities:
             drawn = simulate(centerline_from_label(volume, label), volume, label, severity, seed=seed).centerline
-            dsc = pair_figures(volume, ref, case.info.get("preset", "auto"), drawn, backend, priors, copies, sd_mm)
-            row = {"case": case.name, "severity": severity, "seed": seed, **dsc}
+            preset = case.info.get("preset", "auto")
+            figures = (pair_flips(volume, ref, preset, drawn, backend, copies, sd_mm) if flips else
+                       pair_figures(volume, ref, preset, drawn, backend, priors, copies, sd_mm))
+            row = {"case": case.name, "severity": severity, "seed": seed, **figures}
             print(json.dumps(row), flush=True)
             out.append(row)
     return out
 
 
 def record(cases_dir: str, seed: int, severities: list[str], copies: int, sd_mm: float, jobs: int,
-           cache_dir: str) -> list[dict]:
+           cache_dir: str, flips: bool = False) -> list[dict]:
     """Every case at the given severities of one unscored draw, split over ``jobs`` processes."""
     if seed == SCORED_SEED:
         raise SystemExit(f"seed {SCORED_SEED} is the scored draw: study on other seeds only")
@@ -175,7 +242,7 @@ def record(cases_dir: str, seed: int, severities: list[str], copies: int, sd_mm:
     from SPDSegmentLib.evaluation.cases import find_cases
 
     names = [c.name for c in find_cases(cases_dir)]
-    shares = [(cases_dir, seed, names[i::jobs], severities, copies, sd_mm, cache_dir) for i in range(jobs)]
+    shares = [(cases_dir, seed, names[i::jobs], severities, copies, sd_mm, cache_dir, flips) for i in range(jobs)]
     with ProcessPoolExecutor(jobs) as pool:
         return [row for share in pool.map(_pairs, shares) for row in share]
 
@@ -198,6 +265,21 @@ def summary(rows: list[dict]) -> list[str]:
     return lines
 
 
+def flips_summary(rows: list[dict]) -> list[str]:
+    """How often the tracker's kept region and decisions change over the moved copies, by kind."""
+    dices = [d for r in rows for d in r["region-dice"]]
+    kinds = Counter((f["drawn"], f["moved"]) for r in rows for f in r["flips"])
+    target = sum(any(f["drawn"].startswith("target") or f["moved"].startswith("target") for f in r["flips"])
+                 for r in rows)
+    lines = [(f"{len(rows)} pairs, {len(dices)} moved copies: kept region unchanged on "
+              f"{sum(d >= 0.9995 for d in dices)}, its 3-D Dice with the drawn one's median {np.median(dices):.3f}, "
+              f"below 0.9 on {sum(d < 0.9 for d in dices)}"),
+             (f"pairs with a flip: {sum(bool(r['flips']) for r in rows)}; flips: {sum(kinds.values())}; "
+              f"pairs where the target changes: {target}")]
+    lines += [f"{n:4d}  drawn: {drawn}  ->  moved: {moved}" for (drawn, moved), n in kinds.most_common()]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", required=True)
@@ -208,11 +290,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "spdsegment" / "embeddings"))
     parser.add_argument("--out", default="studies_out")
+    parser.add_argument("--flips", action="store_true", help="count the tracker's flipped decisions only")
     args = parser.parse_args(argv)
-    rows = record(args.cases, args.seed, args.severities, args.copies, args.sd_mm, args.jobs, args.cache_dir)
+    rows = record(args.cases, args.seed, args.severities, args.copies, args.sd_mm, args.jobs, args.cache_dir,
+                  args.flips)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    Path(args.out, f"prompt_jitter_seed{args.seed}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    print("\n".join(summary(rows)))
+    name = f"prompt_jitter{'_flips' if args.flips else ''}_seed{args.seed}.jsonl"
+    Path(args.out, name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    print("\n".join(flips_summary(rows) if args.flips else summary(rows)))
 
 
 if __name__ == "__main__":
