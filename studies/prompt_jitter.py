@@ -164,8 +164,8 @@ def decision_flips(drawn, moved, ref: np.ndarray) -> list[dict]:
     (then it flips only when it was kept). ``ref``: the label's slices, for each object's share on it."""
     out = []
     for o in drawn.objects:
-        best = max(moved.objects, key=lambda q: object_dice(o, q), default=None)
-        matched = best is not None and object_dice(o, best) > MATCH_DICE
+        score, best = max(((object_dice(o, q), q) for q in moved.objects), key=lambda x: x[0], default=(0.0, None))
+        matched = score > MATCH_DICE
         kept, kept_moved = o.oid in drawn.kept, matched and best.oid in moved.kept
         if kept == kept_moved:
             continue
@@ -179,6 +179,7 @@ def decision_flips(drawn, moved, ref: np.ndarray) -> list[dict]:
 def pair_flips(volume, ref: np.ndarray, preset: str, drawn, backend, copies: int, sd_mm: float) -> dict:
     """The tracker on the drawn curve's prompts and on ``copies - 1`` moved copies of them: per copy,
     the 3-D Dice of its kept region with the drawn one's, and the decisions that flipped."""
+    from SPDSegmentLib.evaluation.metrics import dice
     from SPDSegmentLib.method.continuity import Tracker
     from SPDSegmentLib.method.pipeline import SegmentParams
     from SPDSegmentLib.method.prompts import prompt_extent, slice_prompts
@@ -197,8 +198,8 @@ def pair_flips(volume, ref: np.ndarray, preset: str, drawn, backend, copies: int
         maps = run.maps(slices, volume.slice_shape)
         return np.stack([maps[t] > 0 for t in slices])
 
-    a = region(runs[0])
-    dices = [round(2.0 * float((a & b).sum()) / max(int(a.sum() + b.sum()), 1), 4) for b in map(region, runs[1:])]
+    drawn_region = region(runs[0])
+    dices = [round(dice(region(run), drawn_region), 4) for run in runs[1:]]
     return {"region-dice": dices, "flips": [f for run in runs[1:] for f in decision_flips(runs[0], run, ref)]}
 
 
