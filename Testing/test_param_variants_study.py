@@ -104,7 +104,7 @@ def test_the_comparison_applies_the_adoption_rule(study):
     assert np.isclose(study.LOSS_MARGIN, 0.01)
 
 
-def test_the_scored_draw_and_a_mismatched_baseline_are_refused(study, tmp_path):
+def test_the_scored_draw_a_mismatched_baseline_and_an_existing_output_are_refused(study, tmp_path):
     with pytest.raises(SystemExit, match="scored draw"):
         study.record("no-cases-needed", study.SCORED_SEED, ["mild"], {}, {}, 1, "unused")
     other = tmp_path / "seed2.jsonl"
@@ -113,3 +113,10 @@ def test_the_scored_draw_and_a_mismatched_baseline_are_refused(study, tmp_path):
         study.main(["--cases", "no-cases-needed", "--seed", "1", "--severities", "mild", "--baseline", str(other)])
     with pytest.raises(SystemExit, match="not a variant"):
         study.main(["--cases", "no-cases-needed", "--segment", "method=raw"])
+    with pytest.raises(SystemExit, match="--tag"):
+        study.main(["--cases", "no-cases-needed", "--tracking", "min_score=0.6"])
+    kept = tmp_path / "param_variants_seed1_default.jsonl"
+    kept.write_text("a baseline\n")
+    with pytest.raises(SystemExit, match="never overwritten"):
+        study.main(["--cases", "no-cases-needed", "--out", str(tmp_path)])
+    assert kept.read_text() == "a baseline\n"

@@ -19,7 +19,8 @@ Both runs take the overrides, as both would take a changed default in the evalua
 itself ignores for ``raw`` what is SPD's alone (propagation, the leak limit), and ``raw`` sizes its
 boxes by the variant's prior maps, as in the evaluation.
 
-Values are read as JSON (``0.15``, ``null``, ``true``, ``[0.5, 1.6]``), else as text. An unknown field
+Values are read as JSON (``0.15``, ``null``, ``true``, ``[0.5, 1.6]``), else as text; a variant needs
+a ``--tag``, and an existing output file is never overwritten. An unknown field
 or a value its dataclass refuses stops the run before anything is computed. It prints one JSON line
 per pair and the mean DSC and losses of ``raw`` and ``spd``; with ``--baseline`` (a file this script
 wrote without overrides, or with other ones, on the same draw) also the pairs that moved and whether
@@ -194,15 +195,19 @@ def main(argv: list[str] | None = None) -> None:
     tracking_over, segment_over = parse_overrides(args.tracking, TrackingParams), parse_overrides(args.segment, SegmentParams)
     if "method" in segment_over:
         raise SystemExit("the method is not a variant: the study runs raw and spd")
+    if (tracking_over or segment_over) and args.tag == "default":
+        raise SystemExit("name the variant with --tag (the tag 'default' is for the run without overrides)")
+    target = Path(args.out, f"param_variants_seed{args.seed}_{args.tag}.jsonl")
+    if target.exists():
+        raise SystemExit(f"{target} exists: choose another --tag or --out, or remove it (a baseline is never overwritten)")
     baseline = None
     if args.baseline:
         baseline = [json.loads(line) for line in Path(args.baseline).read_text().splitlines() if line.strip()]
         if {r["seed"] for r in baseline} != {args.seed} or {r["severity"] for r in baseline} != set(args.severities):
             raise SystemExit(f"{args.baseline} holds another draw or other severities: compare like with like")
     rows = record(args.cases, args.seed, args.severities, tracking_over, segment_over, args.jobs, args.cache_dir)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    Path(args.out, f"param_variants_seed{args.seed}_{args.tag}.jsonl").write_text(
-        "".join(json.dumps(r) + "\n" for r in rows))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("".join(json.dumps(r) + "\n" for r in rows))
     print("\n".join(summary(rows, baseline)))
 
 
