@@ -167,9 +167,9 @@ def summary(rows: list[dict], baseline: list[dict] | None = None) -> list[str]:
     moved = [(r, before[k]) for r, k in zip(rows, keys) if abs(r["spd"] - before[k]["spd"]) >= MOVED]
     for r, b in sorted(moved, key=lambda x: x[0]["spd"] - x[1]["spd"]):
         lines.append(f"  {r['case']}/{r['severity']}: spd {b['spd']:.3f} -> {r['spd']:.3f} (raw {r['raw']:.3f})")
-    mean, mean_before = np.mean([r["spd"] for r in rows]), np.mean([b["spd"] for b in baseline])
-    fewer, no_lower = len(lost) < len(losses(baseline)), mean >= mean_before
-    lines.append(f"against the baseline: spd {mean_before:.4f} -> {mean:.4f}, losses {len(losses(baseline))} -> "
+    mean_before, lost_before = float(np.mean([b["spd"] for b in baseline])), losses(baseline)
+    fewer, no_lower = len(lost) < len(lost_before), means["spd"] >= mean_before
+    lines.append(f"against the baseline: spd {mean_before:.4f} -> {means['spd']:.4f}, losses {len(lost_before)} -> "
                  f"{len(lost)}; {sum(r['spd'] > b['spd'] for r, b in moved)} pairs up, "
                  f"{sum(r['spd'] < b['spd'] for r, b in moved)} down; adoption rule on this draw: "
                  f"{'met' if fewer and no_lower else 'not met'}")
