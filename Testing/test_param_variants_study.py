@@ -3,13 +3,11 @@ pair's figures without overrides are the evaluation's own on a real case, an ove
 tracker, the comparison applies the adoption rule, and the scored draw (seed 0) is refused."""
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _helpers import load_study
 
 from SPDSegmentLib.evaluation.cases import build_sample_cases, find_cases
 from SPDSegmentLib.evaluation.harness import EvalConfig, evaluate_case
@@ -24,13 +22,7 @@ from SPDSegmentLib.method.saliency import TrackPrior
 
 @pytest.fixture(scope="module")
 def study():
-    path = Path(__file__).resolve().parents[1] / "studies" / "param_variants.py"
-    spec = importlib.util.spec_from_file_location("param_variants", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    yield from load_study("param_variants")
 
 
 @pytest.fixture(scope="module")
@@ -101,12 +93,12 @@ def test_the_comparison_applies_the_adoption_rule(study):
     assert "losses 1: b/mild" in study.summary(baseline)[0] and len(study.summary(baseline)) == 1
     with pytest.raises(SystemExit, match="like with like"):
         study.summary([_row("a", 0.5, 0.6, seed=2)], [_row("a", 0.5, 0.6)])
-    assert np.isclose(study.LOSS_MARGIN, 0.01)
+    assert np.isclose(study.draws.LOSS_MARGIN, 0.01)
 
 
 def test_the_scored_draw_a_mismatched_baseline_and_an_existing_output_are_refused(study, tmp_path):
     with pytest.raises(SystemExit, match="scored draw"):
-        study.record("no-cases-needed", study.SCORED_SEED, ["mild"], {}, {}, 1, "unused")
+        study.record("no-cases-needed", study.draws.SCORED_SEED, ["mild"], {}, {}, 1, "unused")
     other = tmp_path / "seed2.jsonl"
     other.write_text('{"case": "a", "severity": "mild", "seed": 2, "raw": 0.5, "spd": 0.6}\n')
     with pytest.raises(SystemExit, match="another draw"):

@@ -3,12 +3,9 @@ count runs as documented, one pair's figures on the real MR aorta are the pipeli
 counts losses against raw as drawn, and the scored draw (seed 0) is refused."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from _helpers import load_study
 
 from SPDSegmentLib.evaluation import sample_data
 from SPDSegmentLib.evaluation.metrics import dice
@@ -24,13 +21,7 @@ from SPDSegmentLib.volume import Volume
 
 @pytest.fixture(scope="module")
 def study():
-    path = Path(__file__).resolve().parents[1] / "studies" / "prompt_jitter.py"
-    spec = importlib.util.spec_from_file_location("prompt_jitter", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up there
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    yield from load_study("prompt_jitter")
 
 
 def _oblique_volume() -> Volume:
@@ -196,6 +187,6 @@ def test_flipped_decisions_are_matched_by_3d_dice_and_grouped_by_kind(study):
 
 def test_the_scored_draw_is_refused(study):
     with pytest.raises(SystemExit, match="scored draw"):
-        study.record("no-cases-needed", study.SCORED_SEED, ["mild"], 3, 0.5, 1, "unused")
+        study.record("no-cases-needed", study.draws.SCORED_SEED, ["mild"], 3, 0.5, 1, "unused")
     with pytest.raises(SystemExit, match="copies"):
         study.record("no-cases-needed", 1, ["mild"], 1, 0.5, 1, "unused")

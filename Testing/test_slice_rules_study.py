@@ -2,22 +2,16 @@
 the scored draw (seed 0) is refused."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
+from _helpers import load_study
 
 from SPDSegmentLib.evaluation.metrics import dice
 
 
 @pytest.fixture(scope="module")
 def study():
-    path = Path(__file__).resolve().parents[1] / "studies" / "slice_rules.py"
-    spec = importlib.util.spec_from_file_location("slice_rules", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    yield from load_study("slice_rules")
 
 
 def _pair(label: np.ndarray, raw: np.ndarray, spd: np.ndarray, first: int, last: int) -> dict:
@@ -61,4 +55,4 @@ def test_records_that_do_not_add_up_are_refused(study):
 
 def test_the_scored_draw_is_refused(study):
     with pytest.raises(SystemExit, match="scored draw"):
-        study.record("no-cases-needed", study.SCORED_SEED, 1, "unused")
+        study.record("no-cases-needed", study.draws.SCORED_SEED, 1, "unused")

@@ -32,14 +32,15 @@ import argparse
 import dataclasses
 import json
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-SCORED_SEED = 0  # the seed evaluate-sample scores (EvalConfig's default)
-SEVERITIES = ("mild", "clinical", "severe")
-LOSS_MARGIN = 0.01  # the per-case target: SPD >= raw - 0.01
+STUDIES = str(Path(__file__).resolve().parent)
+if STUDIES not in sys.path:  # the shared _draws, also when this study is loaded by file path (its tests)
+    sys.path.insert(0, STUDIES)
+import _draws as draws
+
 MOVED = 0.002  # a pair whose SPD DSC moved less than this is unchanged in the comparison
 
 
@@ -106,50 +107,32 @@ def pair_figures(volume, ref: np.ndarray, preset: str, curve, backend, prior, se
     return {m: round(dice(volume.with_array(r.mask).slices() > 0, ref), 4) for m, r in (("raw", raw), ("spd", spd))}
 
 
-def _pairs(args: tuple[str, int, list[str], list[str], dict, dict, str]) -> list[dict]:
+def _pairs(args: tuple[str, list[str], int, list[str], dict, dict, str]) -> list[dict]:
     """The figures of some cases (one worker's share)."""
-    from SPDSegmentLib.evaluation.cases import find_cases
-    from SPDSegmentLib.evaluation.noise import simulate
-    from SPDSegmentLib.evaluation.skeleton import centerline_from_label
-    from SPDSegmentLib.io import read_label, read_volume
     from SPDSegmentLib.method.continuity import TrackingParams
     from SPDSegmentLib.method.saliency import TrackPrior
-    from SPDSegmentLib.sam.backend import load_backend
-    from SPDSegmentLib.sam.embedding_cache import EmbeddingCache
 
-    cases_dir, seed, names, severities, tracking_over, segment_over, cache_dir = args
-    backend = load_backend("litemedsam", None, "auto", cache=EmbeddingCache(folder=cache_dir))
+    cases_dir, names, seed, severities, tracking_over, segment_over, cache_dir = args
+    backend = draws.study_backend(cache_dir)
     prior = TrackPrior(params=TrackingParams(**tracking_over))
     out = []
-    for case in (c for c in find_cases(cases_dir) if c.name in names):
-        volume = read_volume(case.image, case.name)
-        label = read_label(case.label, volume, label_value=case.info.get("label_value"))
-        ref = volume.with_array(label).slices() > 0
-        for severity in severities:
-            curve = simulate(centerline_from_label(volume, label), volume, label, severity, seed=seed).centerline
-            figures = pair_figures(volume, ref, case.info.get("preset", "auto"), curve, backend, prior, segment_over)
-            row = {"case": case.name, "severity": severity, "seed": seed, **figures}
-            print(json.dumps(row), flush=True)
-            out.append(row)
+    for pair in draws.drawn_pairs(cases_dir, names, severities, seed):
+        figures = pair_figures(pair.volume, pair.ref, pair.preset, pair.curve, backend, prior, segment_over)
+        row = {"case": pair.case, "severity": pair.severity, "seed": seed, **figures}
+        print(json.dumps(row), flush=True)
+        out.append(row)
     return out
 
 
 def record(cases_dir: str, seed: int, severities: list[str], tracking_over: dict, segment_over: dict,
            jobs: int, cache_dir: str) -> list[dict]:
     """Every case at the given severities of one unscored draw, split over ``jobs`` processes."""
-    if seed == SCORED_SEED:
-        raise SystemExit(f"seed {SCORED_SEED} is the scored draw: study on other seeds only")
-    from SPDSegmentLib.evaluation.cases import find_cases
-
-    names = [c.name for c in find_cases(cases_dir)]
-    shares = [(cases_dir, seed, names[i::jobs], severities, tracking_over, segment_over, cache_dir)
-              for i in range(jobs)]
-    with ProcessPoolExecutor(jobs) as pool:
-        return [row for share in pool.map(_pairs, shares) for row in share]
+    draws.refuse_scored(seed)
+    return draws.over_cases(_pairs, cases_dir, jobs, seed, severities, tracking_over, segment_over, cache_dir)
 
 
 def losses(rows: list[dict]) -> list[str]:
-    return [f"{r['case']}/{r['severity']}" for r in rows if r["spd"] < r["raw"] - LOSS_MARGIN]
+    return [f"{r['case']}/{r['severity']}" for r in rows if r["spd"] < r["raw"] - draws.LOSS_MARGIN]
 
 
 def summary(rows: list[dict], baseline: list[dict] | None = None) -> list[str]:
@@ -181,16 +164,11 @@ def main(argv: list[str] | None = None) -> None:
     from SPDSegmentLib.method.pipeline import SegmentParams
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", required=True)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--severities", nargs="+", choices=SEVERITIES, default=list(SEVERITIES))
+    draws.add_draw_arguments(parser)
     parser.add_argument("--tracking", nargs="*", default=[], metavar="KEY=VALUE", help="TrackingParams fields")
     parser.add_argument("--segment", nargs="*", default=[], metavar="KEY=VALUE", help="SegmentParams fields")
     parser.add_argument("--baseline", help="a jsonl this script wrote on the same draw, to compare with")
     parser.add_argument("--tag", default="default", help="name of this variant in the output file")
-    parser.add_argument("--jobs", type=int, default=1)
-    parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "spdsegment" / "embeddings"))
-    parser.add_argument("--out", default="studies_out")
     args = parser.parse_args(argv)
     tracking_over, segment_over = parse_overrides(args.tracking, TrackingParams), parse_overrides(args.segment, SegmentParams)
     if "method" in segment_over:

@@ -34,14 +34,15 @@ import json
 import re
 import sys
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-SCORED_SEED = 0  # the seed evaluate-sample scores (EvalConfig's default)
-SEVERITIES = ("mild", "clinical", "severe")
-LOSS_MARGIN = 0.01  # the per-case target: SPD >= raw - 0.01
+STUDIES = str(Path(__file__).resolve().parent)
+if STUDIES not in sys.path:  # the shared _draws, also when this study is loaded by file path (its tests)
+    sys.path.insert(0, STUDIES)
+import _draws as draws
+
 VARIANTS = ("spd", "prior-majority", "prior-union", "pipeline-majority")
 MATCH_DICE = 0.5  # 3-D Dice over which two runs' objects are the same object
 
@@ -203,56 +204,38 @@ def pair_flips(volume, ref: np.ndarray, preset: str, drawn, backend, copies: int
     return {"region-dice": dices, "flips": [f for run in runs[1:] for f in decision_flips(runs[0], run, ref)]}
 
 
-def _pairs(args: tuple[str, int, list[str], list[str], int, float, str, bool]) -> list[dict]:
+def _pairs(args: tuple[str, list[str], int, list[str], int, float, str, bool]) -> list[dict]:
     """Every variant's DSC (or, with ``flips``, the tracker's flips) for some cases (one worker's share)."""
-    from SPDSegmentLib.evaluation.cases import find_cases
-    from SPDSegmentLib.evaluation.noise import simulate
-    from SPDSegmentLib.evaluation.skeleton import centerline_from_label
-    from SPDSegmentLib.io import read_label, read_volume
     from SPDSegmentLib.method.saliency import TrackPrior
-    from SPDSegmentLib.sam.backend import load_backend
-    from SPDSegmentLib.sam.embedding_cache import EmbeddingCache
 
-    cases_dir, seed, names, severities, copies, sd_mm, cache_dir, flips = args
-    backend = load_backend("litemedsam", None, "auto", cache=EmbeddingCache(folder=cache_dir))
+    cases_dir, names, seed, severities, copies, sd_mm, cache_dir, flips = args
+    backend = draws.study_backend(cache_dir)
     priors = {"spd": TrackPrior(), "prior-majority": VotingPrior(TrackPrior(), copies, None, sd_mm),
               "prior-union": VotingPrior(TrackPrior(), copies, 1, sd_mm)}
     out = []
-    for case in (c for c in find_cases(cases_dir) if c.name in names):
-        volume = read_volume(case.image, case.name)
-        label = read_label(case.label, volume, label_value=case.info.get("label_value"))
-        ref = volume.with_array(label).slices() > 0
-        for severity in severities:
-            drawn = simulate(centerline_from_label(volume, label), volume, label, severity, seed=seed).centerline
-            preset = case.info.get("preset", "auto")
-            figures = (pair_flips(volume, ref, preset, drawn, backend, copies, sd_mm) if flips else
-                       pair_figures(volume, ref, preset, drawn, backend, priors, copies, sd_mm))
-            row = {"case": case.name, "severity": severity, "seed": seed, **figures}
-            print(json.dumps(row), flush=True)
-            out.append(row)
+    for pair in draws.drawn_pairs(cases_dir, names, severities, seed):
+        figures = (pair_flips(pair.volume, pair.ref, pair.preset, pair.curve, backend, copies, sd_mm) if flips else
+                   pair_figures(pair.volume, pair.ref, pair.preset, pair.curve, backend, priors, copies, sd_mm))
+        row = {"case": pair.case, "severity": pair.severity, "seed": seed, **figures}
+        print(json.dumps(row), flush=True)
+        out.append(row)
     return out
 
 
 def record(cases_dir: str, seed: int, severities: list[str], copies: int, sd_mm: float, jobs: int,
            cache_dir: str, flips: bool = False) -> list[dict]:
     """Every case at the given severities of one unscored draw, split over ``jobs`` processes."""
-    if seed == SCORED_SEED:
-        raise SystemExit(f"seed {SCORED_SEED} is the scored draw: study on other seeds only")
+    draws.refuse_scored(seed)
     if copies < 2:
         raise SystemExit("copies must be at least 2 (the curve as drawn and one moved copy)")
-    from SPDSegmentLib.evaluation.cases import find_cases
-
-    names = [c.name for c in find_cases(cases_dir)]
-    shares = [(cases_dir, seed, names[i::jobs], severities, copies, sd_mm, cache_dir, flips) for i in range(jobs)]
-    with ProcessPoolExecutor(jobs) as pool:
-        return [row for share in pool.map(_pairs, shares) for row in share]
+    return draws.over_cases(_pairs, cases_dir, jobs, seed, severities, copies, sd_mm, cache_dir, flips)
 
 
 def summary(rows: list[dict]) -> list[str]:
     """Per variant: mean DSC and losses to raw as drawn; then the spread over the moved copies."""
     lines = [f"{len(rows)} pairs; raw as drawn {np.mean([r['raw'] for r in rows]):.4f}"]
     for name in VARIANTS:
-        losses = [f"{r['case']}/{r['severity']}" for r in rows if r[name] < r["raw"] - LOSS_MARGIN]
+        losses = [f"{r['case']}/{r['severity']}" for r in rows if r[name] < r["raw"] - draws.LOSS_MARGIN]
         lines.append(f"{name:18s} mean {np.mean([r[name] for r in rows]):.4f}  losses {len(losses)}: "
                      f"{', '.join(losses) or '-'}")
     for m in ("raw", "spd", "prior-moved", "prompts-moved"):
@@ -261,7 +244,7 @@ def summary(rows: list[dict]) -> list[str]:
         lines.append(f"{m} DSC spread over the copies: median {100 * np.median(spread):.1f} points, "
                      f"over 5 points on {sum(s > 0.05 for s in spread)} pairs, max {100 * max(spread):.1f}")
     some = [f"{r['case']}/{r['severity']}" for r in rows
-            if any(s < w - LOSS_MARGIN for s, w in zip(r["spd-copies"], r["raw-copies"]))]
+            if any(s < w - draws.LOSS_MARGIN for s, w in zip(r["spd-copies"], r["raw-copies"]))]
     lines.append(f"pairs where spd loses to raw on some copy: {len(some)}")
     return lines
 
@@ -283,14 +266,9 @@ def flips_summary(rows: list[dict]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", required=True)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--severities", nargs="+", choices=SEVERITIES, default=list(SEVERITIES))
+    draws.add_draw_arguments(parser)
     parser.add_argument("--copies", type=int, default=3)
     parser.add_argument("--sd-mm", type=float, default=0.5)
-    parser.add_argument("--jobs", type=int, default=1)
-    parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "spdsegment" / "embeddings"))
-    parser.add_argument("--out", default="studies_out")
     parser.add_argument("--flips", action="store_true", help="count the tracker's flipped decisions only")
     args = parser.parse_args(argv)
     rows = record(args.cases, args.seed, args.severities, args.copies, args.sd_mm, args.jobs, args.cache_dir,

@@ -21,29 +21,28 @@ import argparse
 import pickle
 import sys
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-SCORED_SEED = 0  # the seed evaluate-sample scores (EvalConfig's default)
-SEVERITIES = ("mild", "clinical", "severe")
+STUDIES = str(Path(__file__).resolve().parent)
+if STUDIES not in sys.path:  # the shared _draws, also when this study is loaded by file path (its tests)
+    sys.path.insert(0, STUDIES)
+import _draws as draws
 
 Rule = Callable[[dict, dict], "tuple[int, int] | None"]  # (slice, pair) -> replacement (area, overlap) or None
 
 
-def _record(args: tuple[str, int, list[str], str]) -> list[dict]:
+def _record(args: tuple[str, list[str], int, str]) -> list[dict]:
     """Per-slice figures of raw and spd for some cases at one seed (one worker's share)."""
     from SPDSegmentLib.evaluation.cases import find_cases
     from SPDSegmentLib.evaluation.harness import EvalConfig, evaluate_case
-    from SPDSegmentLib.sam.backend import load_backend
-    from SPDSegmentLib.sam.embedding_cache import EmbeddingCache
 
-    cases_dir, seed, names, cache_dir = args
-    backend = load_backend("litemedsam", None, "auto", cache=EmbeddingCache(folder=cache_dir))
+    cases_dir, names, seed, cache_dir = args
+    backend = draws.study_backend(cache_dir)
     pairs = []
     for case in (c for c in find_cases(cases_dir) if c.name in names):
-        for severity in SEVERITIES:
+        for severity in draws.SEVERITIES:
             rows, art = evaluate_case(case, backend, EvalConfig(methods=("raw", "spd"), seed=seed), severity)
             volume = art["volume"]
             label = volume.with_array(art["label"]).slices() > 0
@@ -69,14 +68,8 @@ def _record(args: tuple[str, int, list[str], str]) -> list[dict]:
 
 def record(cases_dir: str, seed: int, jobs: int, cache_dir: str) -> list[dict]:
     """Every case at every severity for one unscored seed, split over ``jobs`` processes."""
-    if seed == SCORED_SEED:
-        raise SystemExit(f"seed {SCORED_SEED} is the scored draw: study rules on other seeds only")
-    from SPDSegmentLib.evaluation.cases import find_cases
-
-    names = [c.name for c in find_cases(cases_dir)]
-    shares = [(cases_dir, seed, names[i::jobs], cache_dir) for i in range(jobs)]
-    with ProcessPoolExecutor(jobs) as pool:
-        return [pair for share in pool.map(_record, shares) for pair in share]
+    draws.refuse_scored(seed)
+    return draws.over_cases(_record, cases_dir, jobs, seed, cache_dir)
 
 
 def dsc_with(pair: dict, rule: Rule) -> float:
@@ -135,23 +128,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cases", help="built cases (spdsegment build-cases)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--cache-dir", default=str(Path.home() / ".cache/spdsegment/embeddings"),
+    parser.add_argument("--cache-dir", default=draws.DEFAULT_CACHE,
                         help="SAM embedding cache (the evaluation's: recording then reuses its encodings)")
     parser.add_argument("--out", default="studies_out", help="where the recorded slices are kept")
     parser.add_argument("--load", nargs="+", help="score recorded .pkl files instead of recording")
     args = parser.parse_args(argv)
     if args.load:
-        draws = [pickle.loads(Path(f).read_bytes()) for f in args.load]
+        recorded = [pickle.loads(Path(f).read_bytes()) for f in args.load]
     else:
         if not args.cases:
             parser.error("--cases or --load is needed")
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        draws = []
+        recorded = []
         for seed in args.seeds:
             pairs = record(args.cases, seed, args.jobs, args.cache_dir)
             Path(args.out, f"slices_seed{seed}.pkl").write_bytes(pickle.dumps(pairs))
-            draws.append(pairs)
-    for pairs in draws:
+            recorded.append(pairs)
+    for pairs in recorded:
         raw = np.mean([p["dsc"]["raw"] for p in pairs])
         print(f"\nseed {pairs[0]['seed']}: {len(pairs)} pairs, raw {raw:.4f}")
         for name, mean, losses in score(pairs):
