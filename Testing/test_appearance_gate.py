@@ -147,6 +147,29 @@ def test_gate_slice_fills_holes_restores_held_pieces_and_takes_a_point_on_the_ed
     assert not gate_slice(np.zeros_like(saliency), image, [], 100.0, 10.0, gate).any()
 
 
+def test_a_held_piece_larger_than_what_the_gate_kept_is_not_put_back():
+    """A drifted point on a large neighbour (the liver beside a small vein) does not bring the
+    neighbour back: a held piece is put back only up to ``restore_limit`` times the slice's kept
+    area; with ``restore_limit=None`` (the earlier rule) it is put back whatever its size."""
+    image = np.full((30, 30), 900.0, dtype=np.float32)
+    image[10:14, 2:6] = 100.0  # the target: 16 px like the points
+    saliency = np.zeros((30, 30), dtype=np.float32)
+    saliency[10:14, 2:6] = 1.0
+    saliency[2:28, 6:28] = 1.0  # a neighbour of other content joined to it: 572 px
+    on_neighbour = [PromptPoint(0, 20.0, 20.0)]
+    strict = gate_slice(saliency, image, on_neighbour, 100.0, 10.0, AppearanceGate(smoothing_px=0.01)) > 0.5
+    assert strict[10:14, 2:6].all() and strict.sum() == 16, "only the target stays"
+    earlier = AppearanceGate(smoothing_px=0.01, restore_limit=None)
+    assert (gate_slice(saliency, image, on_neighbour, 100.0, 10.0, earlier) > 0.5).sum() == 16 + 572
+    loose = AppearanceGate(smoothing_px=0.01, restore_limit=40.0)  # 572 <= 40 x 16
+    assert (gate_slice(saliency, image, on_neighbour, 100.0, 10.0, loose) > 0.5).sum() == 16 + 572
+    nothing_kept = gate_slice(saliency * (image > 500), image, on_neighbour, 100.0, 10.0,
+                              AppearanceGate(smoothing_px=0.01)) > 0.5
+    assert not nothing_kept.any(), "with nothing like the points on the slice, no piece is put back"
+    with pytest.raises(ValueError, match="restore_limit"):
+        AppearanceGate(restore_limit=-1.0)
+
+
 def test_the_default_prior_does_not_gate_a_ct_run(cta_slab, cta_centerline, backend):
     volume, _ = cta_slab
     default, ungated = load_prior("sam-track", backend), load_prior("sam-track-ungated", backend)

@@ -11,8 +11,11 @@ back.
 
 Structures whose content varies (a colon with air and stool, a dissected aorta with a thrombosed
 lumen) would lose the part the median does not describe. The centerline runs through such parts
-too, so a removed piece that holds one of the slice's own points is put back: the gate removes only
-tissue that no point of that slice lies on.
+too, so a removed piece that holds one of the slice's own points is put back, unless it is larger
+than what the gate kept on that slice (``restore_limit``). Content of another look inside the
+structure is a part of it; a larger piece under a point is the neighbour a drifted point fell on
+(the liver or the fat beside a vein), and putting it back undid the gate where the noise is worst
+(docs/method.md, "The appearance gate").
 """
 from __future__ import annotations
 
@@ -33,10 +36,14 @@ class AppearanceGate:
     smoothing_px: float = 0.75  # as the intensity prior: one noisy voxel does not punch a hole
     min_sigma_fraction: float = 0.03  # of the volume's 1-99 % range: a floor, as the intensity prior's
     tau: float = 0.5  # what counts as salient in the map it trims: the continuity prior's maps are 0 / 1
+    restore_limit: float | None = 1.0  # a removed piece under a point is put back up to this many times the
+    #                                    kept area of its slice (None: whatever its size, the earlier rule)
 
     def __post_init__(self) -> None:
         if not self.spread > 0:
             raise ValueError(f"the appearance gate's spread must be positive, got {self.spread}")
+        if self.restore_limit is not None and not self.restore_limit >= 0:
+            raise ValueError(f"the appearance gate's restore_limit must be >= 0 or None, got {self.restore_limit}")
 
 
 def point_intensity_model(slices: np.ndarray, prompts: SlicePrompts, min_sigma_fraction: float) -> tuple[float, float]:
@@ -70,6 +77,9 @@ def gate_slice(saliency: np.ndarray, image: np.ndarray, own_points: Sequence[Pro
     kept = ndimage.binary_fill_holes(salient & alike) & salient
     removed, _ = ndimage.label(salient & ~kept)
     held = {int(removed[p.pixel]) for p in own_points} - {0}
+    if gate.restore_limit is not None:  # measured on the kept area before any piece is put back
+        limit = gate.restore_limit * float(kept.sum())
+        held = {k for k in held if float((removed == k).sum()) <= limit}
     if held:
         kept |= np.isin(removed, sorted(held))
     return kept.astype(np.float32)
