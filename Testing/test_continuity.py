@@ -95,8 +95,8 @@ def test_the_appearance_gate_keeps_the_drift_rejected_and_the_gap_filled(soft_ti
     assert {p.slice for p in _points(gated, "rejected")} >= set(range(DRIFT.start, DRIFT.stop))
     assert all(ref[p.slice][p.pixel] for p in _points(gated, "kept")), "no drifted point is kept"
     assert all(masks["track, appearance gate"][t].any() for t in range(GAP.start, GAP.stop))
-    assert dice(masks["track, appearance gate"][DRIFT], ref[DRIFT]) > 0.7  # 0.79 measured; 0.97 ungated
-    assert dice(masks["track, appearance gate"][GAP], ref[GAP]) > 0.5  # 0.60 measured; 0.84 ungated
+    assert dice(masks["track, appearance gate"][DRIFT], ref[DRIFT]) > 0.7  # 0.77 measured (0.79 before the size limit on restored pieces); 0.97 ungated
+    assert dice(masks["track, appearance gate"][GAP], ref[GAP]) > 0.5  # 0.59 measured (0.60 before); 0.84 ungated
 
 
 @pytest.mark.xfail(strict=True, reason="known limit of the appearance gate forced on CT (sam-track-gated; the default "
