@@ -16,8 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-SCORED_SEED = 0  # the seed evaluate-sample scores (EvalConfig's default)
-SEVERITIES = ("mild", "clinical", "severe")
+from SPDSegmentLib.evaluation.harness import EvalConfig
+from SPDSegmentLib.evaluation.noise import SEVERITIES as NOISE_MODELS
+
+SCORED_SEED = EvalConfig.seed  # the seed evaluate-sample scores (its default)
+SEVERITIES = tuple(NOISE_MODELS)  # the noise model's levels, mildest first
 LOSS_MARGIN = 0.01  # the per-case target: SPD >= raw - 0.01
 DEFAULT_CACHE = str(Path.home() / ".cache" / "spdsegment" / "embeddings")  # the evaluation's embeddings
 
