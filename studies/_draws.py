@@ -12,17 +12,17 @@ import argparse
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from SPDSegmentLib.evaluation.harness import EvalConfig
 from SPDSegmentLib.evaluation.noise import SEVERITIES as NOISE_MODELS
+from SPDSegmentLib.sam.embedding_cache import DEFAULT_CACHE_DIR
 
 SCORED_SEED = EvalConfig.seed  # the seed evaluate-sample scores (its default)
 SEVERITIES = tuple(NOISE_MODELS)  # the noise model's levels, mildest first
 LOSS_MARGIN = 0.01  # the per-case target: SPD >= raw - 0.01
-DEFAULT_CACHE = str(Path.home() / ".cache" / "spdsegment" / "embeddings")  # the evaluation's embeddings
+DEFAULT_CACHE = str(DEFAULT_CACHE_DIR)  # the training commands' embedding folder, shared
 
 
 def refuse_scored(seed: int) -> None:

@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--cache-dir", default=draws.DEFAULT_CACHE,
-                        help="SAM embedding cache (the evaluation's: recording then reuses its encodings)")
+                        help="SAM embedding cache (shared with the other studies and training: encodings are reused)")
     parser.add_argument("--out", default="studies_out", help="where the recorded slices are kept")
     parser.add_argument("--load", nargs="+", help="score recorded .pkl files instead of recording")
     args = parser.parse_args(argv)

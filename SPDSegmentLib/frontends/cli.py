@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .. import __version__
+from ..sam.embedding_cache import DEFAULT_CACHE_DIR
 from .cli_common import TqdmProgress, backend_and_prior, segment_params
 
 log = logging.getLogger("SPDSegmentLib")
@@ -101,7 +102,7 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=BACKENDS, default="litemedsam")
     p.add_argument("--checkpoint", type=Path, help="SAM checkpoint file (official SAM)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "spdsegment" / "embeddings",
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
                    help="embedding cache folder (default ~/.cache/spdsegment/embeddings)")
 
 

@@ -21,6 +21,10 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+# where train-prior, train-decoder and the studies keep embeddings between runs unless told otherwise
+# (evaluate and segment keep none unless given --cache-dir): one folder, so each reuses the others' work
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "spdsegment" / "embeddings"
+
 
 @dataclass
 class SliceEmbedding:
