@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..sam.embedding_cache import DEFAULT_CACHE_DIR
 from .cli_common import TqdmProgress, backend_and_prior, segment_params
 
 log = logging.getLogger("SPDSegmentLib")
@@ -94,6 +93,7 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
     from ..sam.backend import BACKENDS
+    from ..sam.embedding_cache import DEFAULT_CACHE_DIR
 
     p.add_argument("--use-cases", nargs="*", default=(),
                    help="only these case names of --cases (training + validation); default: all")

@@ -78,8 +78,8 @@ def gate_slice(saliency: np.ndarray, image: np.ndarray, own_points: Sequence[Pro
     removed, _ = ndimage.label(salient & ~kept)
     held = {int(removed[p.pixel]) for p in own_points} - {0}
     if gate.restore_limit is not None:  # measured on the kept area before any piece is put back
-        sizes = np.bincount(removed.ravel())
-        held = {k for k in held if sizes[k] <= gate.restore_limit * float(kept.sum())}
+        sizes, limit = np.bincount(removed.ravel()), gate.restore_limit * float(kept.sum())
+        held = {k for k in held if sizes[k] <= limit}
     if held:
         kept |= np.isin(removed, sorted(held))
     return kept.astype(np.float32)
