@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 from _helpers import crop_slices
 
@@ -108,3 +109,19 @@ def test_all_panels_is_an_option_of_both_evaluation_commands():
     for command in (["evaluate", "--cases", "c"], ["evaluate-sample"]):
         assert parser.parse_args([*command, "--out", "o"]).all_panels is False
         assert parser.parse_args([*command, "--out", "o", "--all-panels"]).all_panels is True
+
+
+def test_the_thick_window_switch_reaches_the_run_and_the_evaluation(capsys):
+    """``--thick-context N`` sets ``SegmentParams.thick_context`` for segment, and the evaluation's
+    config for evaluate (all SPD methods take it, as they take ``--context``); off by default."""
+    from SPDSegmentLib.frontends.cli import _build_parser
+    from SPDSegmentLib.frontends.cli_common import segment_params
+
+    base = ["segment", "--volume", "v.nrrd", "--centerline", "c.mrk.json", "--out", "o.seg.nrrd"]
+    assert segment_params(_build_parser().parse_args(base)).thick_context is None
+    assert segment_params(_build_parser().parse_args([*base, "--thick-context", "3"])).thick_context == 3
+    with pytest.raises(SystemExit):
+        _build_parser().parse_args([*base, "--thick-context", "11"])
+    assert "thick-context" in capsys.readouterr().err
+    args = _build_parser().parse_args(["evaluate", "--cases", "c", "--out", "o", "--thick-context", "3"])
+    assert args.thick_context == 3

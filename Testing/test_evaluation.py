@@ -130,12 +130,14 @@ def test_a_failing_case_is_reported_and_the_others_go_on(case_dir, backend, tmp_
     shutil.copytree(case_dir / "abdomen_mr_aorta", cases / "b_good")
     (cases / "a_broken" / "centerline.mrk.json").write_text("{ this is not JSON")
     failures: list[dict] = []
-    rows = run_evaluation(cases, tmp_path / "out", backend, EvalConfig(methods=("raw", "spd"), severities=("mild",)),
+    rows = run_evaluation(cases, tmp_path / "out", backend, EvalConfig(methods=("raw", "spd"), severities=("mild",),
+                                                                       thick_context=3),
                           log=lambda *_: None, failures=failures)
     assert {r["case"] for r in rows} == {"b_good"} and len(rows) == 2
     assert [f["case"] for f in failures] == ["a_broken"] and "JSON" in failures[0]["error"].upper()
     report = (tmp_path / "out" / "report.md").read_text()
     assert "Cases that failed" in report and "a_broken" in report
+    assert "n = 2 (3 where thick);" in report, "the config's borrowing windows are stated"
     saved = json.loads((tmp_path / "out" / "failures.json").read_text())
     assert saved[0]["case"] == "a_broken" and "Traceback" in saved[0]["traceback"]
     (cases / "b_good" / "centerline.mrk.json").write_text("[]")  # now every case fails: a clear error

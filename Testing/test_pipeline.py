@@ -146,3 +146,31 @@ def test_gap_filling_can_be_switched_off_and_then_leaves_only_the_gap_slices_emp
     assert prompted and not set(prompted) & set(far)
     for t in prompted:
         assert np.array_equal(on[t], off[t])
+
+
+def test_a_thick_structure_borrows_from_the_thick_window(cta_slab, cta_centerline, backend):
+    """``thick_context``: CPD borrows from that many slices per side where the structure's radius at
+    the points kept on their own slice reaches ``thick_radius_mm`` (the aortic arch here, 14 mm), and
+    from ``context`` where it does not. The processed slices are the same either way, and ``raw``
+    ignores it. The label is the prior here, so every point on the aorta is kept."""
+    from SPDSegmentLib.volume import Volume
+
+    volume, label = cta_slab
+    ref = Volume(label, volume.ijk_to_ras).slices()
+    saliency = {t: (ref[t] > 0).astype(np.float32) for t in range(volume.num_slices)}
+
+    def run(**over):
+        params = SegmentParams(method=over.pop("method", "spd"), tau=0.5, **PARAMS, **over)
+        return segment(volume, cta_centerline, backend, SamVotePrior(), params, saliency=saliency)
+
+    def farthest(result) -> int:
+        return max(abs(p.source_slice - t) for t, d in result.decisions.items() for p in d.points)
+
+    wide = run(thick_context=3)
+    narrow = run(thick_context=3, thick_radius_mm=20.0)
+    assert farthest(wide) == 3 and farthest(narrow) == 2
+    assert wide.processed_slices == narrow.processed_slices == run().processed_slices
+    assert farthest(run(method="raw", thick_context=3)) == 0
+    assert farthest(run(context=3, thick_context=2)) == 3, "the thick window only widens"
+    with pytest.raises(ValueError, match="thick_context"):
+        SegmentParams(thick_context=11).validate()

@@ -98,6 +98,7 @@ class EvalConfig:
     second_prior: str | None = None  # a trained prior.pt; None -> the intensity prior
     tau: float | None = None
     context: int = 2
+    thick_context: int | None = None  # the borrowing window where the structure is thick (SegmentParams)
     preset: str = "auto"  # intensity window of cases whose case.json names none (a given centerline's folder)
     all_panels: bool = False  # overlay panels of every severity, not only the one the report shows
 
@@ -209,7 +210,8 @@ def evaluate_case(case: Case, backend, config: EvalConfig, severity: str, progre
         centerline, noise = noisy.centerline, noisy.model.as_dict()
     ref = volume.with_array(label).slices()
     spacing = (volume.slice_spacing, *volume.in_plane_spacing)
-    base = {"tau": config.tau, "context": config.context, "intensity_preset": preset}
+    base = {"tau": config.tau, "context": config.context, "thick_context": config.thick_context,
+            "intensity_preset": preset}
     priors: dict[str, object] = {}
     if second is None and "spd-prior2" in config.methods:
         second = load_prior(config.second_prior or "intensity", backend)

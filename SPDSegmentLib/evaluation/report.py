@@ -251,7 +251,8 @@ def write_report(rows: list[dict], artefacts: dict, cases, config, out: Path,
     group_names = sorted(set(groups.values()))
     lines = ["# SPDSegment evaluation", "",
              (f"Backend: frozen SAM (identity in config.json); prior `{config.prior}`; second prior "
-              f"`{config.second_prior or 'intensity'}`; τ {config.tau or 'prior default'}; n = {config.context}; "
+              f"`{config.second_prior or 'intensity'}`; τ {config.tau or 'prior default'}; n = {config.context}"
+              f"{'' if config.thick_context is None else f' ({config.thick_context} where thick)'}; "
               f"seed {config.seed}."),
              ("Scores are agreement with the case labels (for the bundled data: TotalSegmentator output, "
               "not manual tracings)."), "", DEVELOPMENT_NOTE, ""]

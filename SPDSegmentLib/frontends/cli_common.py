@@ -40,6 +40,7 @@ def segment_params(args):
     """SegmentParams from the engine options."""
     from ..method.pipeline import SegmentParams
 
-    return SegmentParams(method=args.method, tau=args.tau, context=args.context, consistency=args.consistency,
+    return SegmentParams(method=args.method, tau=args.tau, context=args.context, thick_context=args.thick_context,
+                         consistency=args.consistency,
                          fallback=args.fallback, propagate=args.propagate, intensity_preset=args.preset,
                          leak_limit=args.leak_limit)

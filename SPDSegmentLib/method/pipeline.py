@@ -50,6 +50,8 @@ class SegmentParams:
     method: str = "spd"  # raw | local | spd
     tau: float | None = None
     context: int = 2
+    thick_context: int | None = None  # CPD borrows from max(context, this) slices per side where the structure is thick
+    thick_radius_mm: float = 8.0  # ... thick: the radius at the points kept on their own slice is at least this
     consistency: bool = False  # inference-time previous-slice guidance (one direction)
     propagate: bool = True  # slices without consensus points take the prior's region there as their prompt
     propagate_radius_ratio: float | None = 3.0  # ... unless its inscribed radius exceeds this x the structure radius (None: no limit)
@@ -69,6 +71,10 @@ class SegmentParams:
             raise ValueError(f"tau must lie in [0, 1), got {self.tau}")
         if not 0 <= self.context <= 10:
             raise ValueError(f"context (slices per side) must lie in 0..10, got {self.context}")
+        if self.thick_context is not None and not 0 <= self.thick_context <= 10:
+            raise ValueError(f"thick_context (slices per side) must lie in 0..10 or be None, got {self.thick_context}")
+        if not (math.isfinite(self.thick_radius_mm) and self.thick_radius_mm > 0):
+            raise ValueError(f"thick_radius_mm must be a positive number, got {self.thick_radius_mm}")
         ratio = self.propagate_radius_ratio
         if ratio is not None and not (math.isfinite(ratio) and ratio > 0):
             raise ValueError(f"propagate_radius_ratio must be a positive number or None (no limit), got {ratio}")
@@ -199,6 +205,16 @@ def _limit_leaks(out: np.ndarray, decisions: dict[int, SliceDecision], consensus
         out[t] = _decode_union(backend, backend.embed(slices_u8[t]), prompts, out[t].shape)
 
 
+def _borrowing_window(prompts, saliency: dict[int, np.ndarray], processed: list[int], tau: float,
+                      spacing_px: float, params: SegmentParams) -> int:
+    """``thick_context`` where the structure is thick, else ``context``. Thick is judged at the points
+    kept on their own slice (before any borrowing), so the window does not depend on itself: a solid
+    organ's points two or three slices away still lie inside it, where a thin vessel's do not."""
+    kept = {t: d.consensus for t, d in distill(prompts, saliency, processed, tau=tau, mode="local").items()}
+    radius_mm = structure_radius_px(saliency, kept, tau, default_px=10.0 / spacing_px) * spacing_px
+    return params.thick_context if radius_mm >= params.thick_radius_mm else params.context
+
+
 def segment(volume: Volume, centerline: Centerline, backend, prior: SaliencyPrior,
             params: SegmentParams | None = None, progress: ProgressCallback | None = None,
             cancel: CancelCheck | None = None, saliency: dict[int, np.ndarray] | None = None,
@@ -264,7 +280,11 @@ def segment(volume: Volume, centerline: Centerline, backend, prior: SaliencyPrio
     _check_cancel(cancel)
 
     t1 = time.perf_counter()
-    decisions = distill(prompts, saliency, processed, tau=tau, context=params.context, mode=params.method,
+    spacing_px = min(volume.in_plane_spacing)
+    borrow_context = params.context
+    if params.method == "spd" and params.thick_context is not None and params.thick_context > params.context:
+        borrow_context = _borrowing_window(prompts, saliency, processed, tau, spacing_px, params)
+    decisions = distill(prompts, saliency, processed, tau=tau, context=borrow_context, mode=params.method,
                         fallback=params.fallback)
     timings["cpd"] = time.perf_counter() - t1
     warnings = list(checked.warnings)
@@ -275,7 +295,6 @@ def segment(volume: Volume, centerline: Centerline, backend, prior: SaliencyPrio
             warnings.append(warning)
 
     consensus = {t: d.consensus for t, d in decisions.items()}
-    spacing_px = min(volume.in_plane_spacing)
     radius_px = structure_radius_px(saliency, consensus, tau, default_px=10.0 / spacing_px)
     with_points = params.box_with_points if params.box_with_points is not None else backend.prompt_mode != "box"
     ratio = params.propagate_radius_ratio
