@@ -112,3 +112,27 @@ def test_the_scored_draw_a_mismatched_baseline_and_an_existing_output_are_refuse
     with pytest.raises(SystemExit, match="never overwritten"):
         study.main(["--cases", "no-cases-needed", "--out", str(tmp_path)])
     assert kept.read_text() == "a baseline\n"
+
+
+def test_a_decoder_variant_leaves_out_the_cases_the_decoder_trained_on(study, mr_aorta_case, backend, tmp_path):
+    """``--decoder``: every pair scores a case the decoder never saw; its training cases are read from
+    the file (the real frozen decoder's weights, saved as train-decoder saves them) and skipped before
+    anything is computed, and such a run needs a tag like any variant."""
+    import json
+
+    import torch
+
+    from SPDSegmentLib.training.decoder import DECODER_FORMAT
+
+    path = tmp_path / "decoder.pt"
+    meta = {"backend": backend.name, "checkpoint_sha256": backend.checkpoint_sha256, "prompts": "points",
+            "train_cases": [mr_aorta_case.name]}
+    torch.save({"format": DECODER_FORMAT, "metadata": json.dumps(meta),
+                "state_dict": backend.sam.mask_decoder.state_dict()}, path)
+    assert study.decoder_training_cases(str(path)) == {mr_aorta_case.name}
+    assert study.decoder_training_cases(None) == set()
+    cases_dir = str(mr_aorta_case.image.parent.parent)
+    assert study._pairs((cases_dir, [mr_aorta_case.name], 1, ["mild"], {}, {}, str(tmp_path / "cache"),
+                         str(path))) == []
+    with pytest.raises(SystemExit, match="--tag"):
+        study.main(["--cases", cases_dir, "--decoder", str(path)])

@@ -2,7 +2,7 @@
 
     .venv/bin/python studies/param_variants.py --cases ~/.cache/spdsegment/cases --seed 1 [--jobs 2]
         [--severities mild clinical severe] [--tracking KEY=VALUE ...] [--segment KEY=VALUE ...]
-        [--baseline studies_out/param_variants_seed1_default.jsonl] [--tag NAME] [--out studies_out]
+        [--baseline studies_out/param_variants_seed1_default.jsonl] [--decoder FILE] [--tag NAME] [--out studies_out]
 
 Why: a rule meant to remove SPD's losses to raw is judged on noise draws the evaluation does not
 score, by the adoption rule of docs/method.md: fewer pairs where SPD loses to raw (SPD < raw - 0.01)
@@ -14,6 +14,9 @@ windowing, prompts, the ``sam-track`` prior), with the given fields of either da
 
 * ``--tracking min_support_fraction=0.15`` replaces a ``TrackingParams`` field;
 * ``--segment propagate_radius_ratio=2`` replaces a ``SegmentParams`` field.
+* ``--decoder decoder.pt`` runs both with a mask decoder from ``train-decoder`` (the pipeline then
+  gives it each box with its points). The cases it trained on (its ``train_cases``) are left out of
+  the draw and out of the baseline, so every pair scores a case the decoder never saw.
 
 Both runs take the overrides, as both would take a changed default in the evaluation; the pipeline
 itself ignores for ``raw`` what is SPD's alone (propagation, the leak limit), and ``raw`` sizes its
@@ -107,13 +110,30 @@ def pair_figures(volume, ref: np.ndarray, preset: str, curve, backend, prior, se
     return {m: round(dice(volume.with_array(r.mask).slices() > 0, ref), 4) for m, r in (("raw", raw), ("spd", spd))}
 
 
-def _pairs(args: tuple[str, list[str], int, list[str], dict, dict, str]) -> list[dict]:
+def decoder_training_cases(path: str | None) -> set[str]:
+    """The cases a ``train-decoder`` file trained on (none without a decoder)."""
+    if path is None:
+        return set()
+    from SPDSegmentLib.sam.backend import CheckpointError
+    from SPDSegmentLib.sam.model_files import read_model_file
+    from SPDSegmentLib.training.decoder import DECODER_FORMAT
+
+    meta, _ = read_model_file(path, DECODER_FORMAT, "decoder", CheckpointError)
+    return set(meta["train_cases"])
+
+
+def _pairs(args: tuple[str, list[str], int, list[str], dict, dict, str, str | None]) -> list[dict]:
     """The figures of some cases (one worker's share)."""
     from SPDSegmentLib.method.continuity import TrackingParams
     from SPDSegmentLib.method.saliency import TrackPrior
 
-    cases_dir, names, seed, severities, tracking_over, segment_over, cache_dir = args
+    cases_dir, names, seed, severities, tracking_over, segment_over, cache_dir, decoder = args
     backend = draws.study_backend(cache_dir)
+    if decoder is not None:
+        from SPDSegmentLib.training.decoder import load_decoder
+
+        load_decoder(backend, decoder)
+        names = [n for n in names if n not in decoder_training_cases(decoder)]
     prior = TrackPrior(params=TrackingParams(**tracking_over))
     out = []
     for pair in draws.drawn_pairs(cases_dir, names, severities, seed):
@@ -125,10 +145,12 @@ def _pairs(args: tuple[str, list[str], int, list[str], dict, dict, str]) -> list
 
 
 def record(cases_dir: str, seed: int, severities: list[str], tracking_over: dict, segment_over: dict,
-           jobs: int, cache_dir: str) -> list[dict]:
-    """Every case at the given severities of one unscored draw, split over ``jobs`` processes."""
+           jobs: int, cache_dir: str, decoder: str | None = None) -> list[dict]:
+    """Every case at the given severities of one unscored draw, split over ``jobs`` processes (with a
+    decoder, every case it did not train on)."""
     draws.refuse_scored(seed)
-    return draws.over_cases(_pairs, cases_dir, jobs, seed, severities, tracking_over, segment_over, cache_dir)
+    return draws.over_cases(_pairs, cases_dir, jobs, seed, severities, tracking_over, segment_over, cache_dir,
+                            decoder)
 
 
 def losses(rows: list[dict]) -> list[str]:
@@ -168,12 +190,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tracking", nargs="*", default=[], metavar="KEY=VALUE", help="TrackingParams fields")
     parser.add_argument("--segment", nargs="*", default=[], metavar="KEY=VALUE", help="SegmentParams fields")
     parser.add_argument("--baseline", help="a jsonl this script wrote on the same draw, to compare with")
+    parser.add_argument("--decoder", help="a mask decoder from train-decoder; the cases it trained on are left out")
     parser.add_argument("--tag", default="default", help="name of this variant in the output file")
     args = parser.parse_args(argv)
     tracking_over, segment_over = parse_overrides(args.tracking, TrackingParams), parse_overrides(args.segment, SegmentParams)
     if "method" in segment_over:
         raise SystemExit("the method is not a variant: the study runs raw and spd")
-    if (tracking_over or segment_over) and args.tag == "default":
+    if (tracking_over or segment_over or args.decoder) and args.tag == "default":
         raise SystemExit("name the variant with --tag (the tag 'default' is for the run without overrides)")
     target = Path(args.out, f"param_variants_seed{args.seed}_{args.tag}.jsonl")
     if target.exists():
@@ -183,7 +206,10 @@ def main(argv: list[str] | None = None) -> None:
         baseline = [json.loads(line) for line in Path(args.baseline).read_text().splitlines() if line.strip()]
         if {r["seed"] for r in baseline} != {args.seed} or {r["severity"] for r in baseline} != set(args.severities):
             raise SystemExit(f"{args.baseline} holds another draw or other severities: compare like with like")
-    rows = record(args.cases, args.seed, args.severities, tracking_over, segment_over, args.jobs, args.cache_dir)
+        trained = decoder_training_cases(args.decoder)
+        baseline = [r for r in baseline if r["case"] not in trained]
+    rows = record(args.cases, args.seed, args.severities, tracking_over, segment_over, args.jobs, args.cache_dir,
+                  args.decoder)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text("".join(json.dumps(r) + "\n" for r in rows))
     print("\n".join(summary(rows, baseline)))

@@ -222,9 +222,11 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_training_options(p)
 
     p = sub.add_parser("train-decoder", help="fine-tune SAM's mask decoder on consensus prompts with PSC (stage 2)",
-                       description="Fine-tunes only the mask decoder on CPD consensus point prompts from simulated "
-                                   "noisy centerlines; loss Dice + Focal + lambda * PSC (one direction). Reports "
-                                   "point-only validation Dice before and after.")
+                       description="Fine-tunes only the mask decoder on CPD consensus prompts from simulated noisy "
+                                   "centerlines, as the pipeline gives them to a point model (each region's box with "
+                                   "its points; --prompts points: the points alone); loss Dice + Focal + lambda * PSC "
+                                   "(one direction). Reports validation Dice before and after, and the frozen "
+                                   "decoder's from boxes alone (what the pipeline gets without this decoder).")
     p.add_argument("--cases", type=Path, required=True)
     p.add_argument("--prior", required=True,
                    help="prior.pt from train-prior, or sam-track / sam-track-gated / sam-track-ungated / sam-votes / "
@@ -232,6 +234,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output decoder file, e.g. decoder.pt")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--lambda-psc", type=float, default=0.5, help="weight of the pairwise slice consistency loss")
+    p.add_argument("--prompts", choices=("box+points", "points"), default="box+points",
+                   help="training prompts: each salient region's box with its consensus points, as the pipeline "
+                        "prompts a fine-tuned decoder (default), or the consensus points alone")
     _add_training_options(p)
 
     p = sub.add_parser("serve", help="browser app (trame-slicer): view, place a centerline, run SPD, edit, save",
@@ -401,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             backend = load_backend(args.backend, args.checkpoint, args.device, EmbeddingCache(folder=args.cache_dir))
             summary = train_decoder(args.cases, args.out, backend, load_prior(args.prior, backend),
                                     tuple(args.val_cases), args.epochs, lambda_psc=args.lambda_psc, seed=args.seed,
-                                    use_cases=tuple(args.use_cases),
+                                    use_cases=tuple(args.use_cases), prompts=args.prompts,
                                     progress=lambda e, l: print(f"epoch {e + 1}: loss {l:.4f}", file=sys.stderr))
             print(json.dumps(summary, indent=2, default=float))
             return 0
