@@ -20,7 +20,7 @@ from ..volume import Volume
 from .checks import Preflight, preflight
 from .cpd import FALLBACKS, MODES, SliceDecision, distill
 from .prompts import Centerline, SlicePrompts, prompt_extent, slice_prompts
-from .rendering import RenderedPrompt, point_boxes, region_prompts, render, structure_radius_px
+from .rendering import RenderedPrompt, point_boxes, region_prompts, render, run_radius_px
 from .saliency import PriorInputs, SaliencyPrior
 from .windowing import volume_window
 
@@ -211,7 +211,7 @@ def _borrowing_window(prompts, saliency: dict[int, np.ndarray], processed: list[
     kept on their own slice (before any borrowing), so the window does not depend on itself: a solid
     organ's points two or three slices away still lie inside it, where a thin vessel's do not."""
     kept = {t: d.consensus for t, d in distill(prompts, saliency, processed, tau=tau, mode="local").items()}
-    radius_mm = structure_radius_px(saliency, kept, tau, default_px=10.0 / spacing_px) * spacing_px
+    radius_mm = run_radius_px(saliency, kept, tau, spacing_px) * spacing_px
     return params.thick_context if radius_mm >= params.thick_radius_mm else params.context
 
 
@@ -295,7 +295,7 @@ def segment(volume: Volume, centerline: Centerline, backend, prior: SaliencyPrio
             warnings.append(warning)
 
     consensus = {t: d.consensus for t, d in decisions.items()}
-    radius_px = structure_radius_px(saliency, consensus, tau, default_px=10.0 / spacing_px)
+    radius_px = run_radius_px(saliency, consensus, tau, spacing_px)
     with_points = params.box_with_points if params.box_with_points is not None else backend.prompt_mode != "box"
     ratio = params.propagate_radius_ratio
     propagate_limit_px = None if ratio is None else ratio * radius_px  # a thicker region is a neighbour

@@ -35,6 +35,9 @@ def _box(region_rc: np.ndarray, shape: tuple[int, int], margin_px: float) -> tup
 RADIUS_STEP_PX = 0.5  # the structure radius is rounded to this: boxes do not change with every moved point
 
 
+DEFAULT_RADIUS_MM = 10.0  # a structure's radius where no point lies on the prior's region
+
+
 def structure_radius_px(saliency: dict[int, np.ndarray], points: dict[int, list], tau: float,
                         default_px: float) -> float:
     """Typical radius (px) of the structure: the interquartile mean of the distances from the
@@ -57,6 +60,13 @@ def structure_radius_px(saliency: dict[int, np.ndarray], points: dict[int, list]
     quarter = len(values) // 4
     middle = values[quarter: len(values) - quarter]  # never empty
     return max(RADIUS_STEP_PX, RADIUS_STEP_PX * round(float(middle.mean()) / RADIUS_STEP_PX))
+
+
+def run_radius_px(saliency: dict[int, np.ndarray], points: dict[int, list], tau: float, spacing_px: float) -> float:
+    """The run's structure radius (px) as the pipeline sizes its boxes: :func:`structure_radius_px`,
+    falling back to ``DEFAULT_RADIUS_MM`` where no point lies on the prior's region. One place, so the
+    pipeline, its borrowing window and decoder training measure the radius alike."""
+    return structure_radius_px(saliency, points, tau, default_px=DEFAULT_RADIUS_MM / spacing_px)
 
 
 def render(points: list, saliency: np.ndarray, tau: float, radius_px: float, mode: str = "box",

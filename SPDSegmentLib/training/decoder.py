@@ -29,7 +29,7 @@ from ..evaluation.skeleton import centerline_from_label
 from ..io import read_label, read_volume
 from ..method.cpd import distill
 from ..method.prompts import slice_prompts
-from ..method.rendering import render, structure_radius_px
+from ..method.rendering import render, run_radius_px
 from ..method.saliency import PriorInputs
 from ..method.windowing import volume_window
 from .prior import dice_loss, focal_loss, psc_loss, select_cases
@@ -85,8 +85,7 @@ def _case_items(case, backend, prior, seed: int, tau: float, context: int):
     sal = prior.compute(PriorInputs(volume, u8, prompts, backend, window.preset), slices)
     decisions = distill(prompts, sal, slices, tau=tau, context=context)
     consensus = {t: d.consensus for t, d in decisions.items()}
-    spacing_px = min(volume.in_plane_spacing)
-    radius_px = structure_radius_px(sal, consensus, tau, default_px=10.0 / spacing_px)  # as the pipeline sizes boxes
+    radius_px = run_radius_px(sal, consensus, tau, min(volume.in_plane_spacing))
     items = []
     for t in slices:
         if not consensus[t]:
