@@ -84,6 +84,7 @@ class SPDSegmentParameterNode:
     method: Annotated[str, Choice(["spd", "local", "raw"])] = "spd"
     tau: Annotated[float, WithinRange(0.0, 0.99)] = 0.5
     context: Annotated[int, WithinRange(0, 10)] = 2
+    thickContext: Annotated[int, WithinRange(0, 10)] = 0  # 0: off (the paper's window everywhere)
     consistency: bool = False
     propagate: bool = True
     limitLeaks: bool = True
@@ -258,7 +259,8 @@ class SPDSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("SPDSegment cannot use these inputs."), waitCursor=True):
             self.logic.engine.validateInputs(p.inputVolume, p.centerline, p.outputSegmentation, p.segmentName,
                                              method=p.method, tau=p.tau, context=p.context,
-                                             intensityPreset=p.intensityPreset, maskNonFinite=p.maskNonFinite)
+                                             thickContext=p.thickContext, intensityPreset=p.intensityPreset,
+                                             maskNonFinite=p.maskNonFinite)
 
     def _runSegmentation(self, replace=None) -> None:
         from SPDSegmentLib.method.pipeline import Cancelled
@@ -278,9 +280,9 @@ class SPDSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 out = self.logic.process(
                     p.inputVolume, p.centerline, p.outputSegmentation, p.segmentName, method=p.method,
                     backend=p.backend, checkpoint=checkpoint, prior=p.prior, tau=p.tau, context=p.context,
-                    consistency=p.consistency, propagate=p.propagate, limitLeaks=p.limitLeaks,
-                    intensityPreset=p.intensityPreset,
-                    device=p.device, maskNonFinite=p.maskNonFinite, showSaliency=p.showSaliency, showPrompts=p.showPrompts,
+                    thickContext=p.thickContext, consistency=p.consistency, propagate=p.propagate,
+                    limitLeaks=p.limitLeaks, intensityPreset=p.intensityPreset, device=p.device,
+                    maskNonFinite=p.maskNonFinite, showSaliency=p.showSaliency, showPrompts=p.showPrompts,
                     progress=progress, cancel=lambda: self._cancelRequested, replace=replace)
             except Cancelled:
                 self.ui.progressBar.setValue(0)

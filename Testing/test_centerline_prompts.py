@@ -71,8 +71,8 @@ def test_real_cta_reference_centerline_crosses_arch_slices_twice(cta):
 
 def test_a_curve_running_inside_a_slice_is_sampled_along_the_run():
     """In-plane sampling (``in_plane=True``, the default). A curve that climbs to slice 12, runs 20 mm
-    inside it and climbs on: slice 12 gets points every slice thickness (2 mm here) along the run, not one crossing; steep pieces get none extra, and a
-    point list is left as it is."""
+    inside it and climbs on: slice 12 gets points every slice thickness (2 mm here) along the run, not
+    one crossing; steep pieces get none extra, and a point list is left as it is."""
     vol = _vol(np.diag([1.0, 1.0, 2.0, 1.0]))  # 2 mm slices, 1 mm pixels
     src = np.array([[2, 5, 10], [12, 5, 10], [12, 25, 10], [19, 25, 10]], float)
     curve = Centerline(vol.src_to_ras(src))

@@ -85,7 +85,8 @@ def test_the_engine_never_imports_slicer_qt_or_vtk():
 def test_the_paper_stages_are_files_named_after_them():
     method = {p.stem for p in (PACKAGE / "method").glob("*.py")}
     assert {"prompts", "saliency", "continuity", "cpd", "rendering", "pipeline"} <= method
-    assert {"backend", "onnx_runtime", "embedding_cache", "lora", "model_files"} <= {p.stem for p in (PACKAGE / "sam").glob("*.py")}
+    sam = {p.stem for p in (PACKAGE / "sam").glob("*.py")}
+    assert {"backend", "onnx_runtime", "embedding_cache", "lora", "model_files"} <= sam
 
 
 def test_the_installed_package_runs_from_any_folder(tmp_path):

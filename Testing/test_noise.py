@@ -51,5 +51,6 @@ def test_gaps_really_have_no_points(cta):
 
 
 def test_severity_levels_are_ordered():
-    assert SEVERITIES["mild"].drift_fraction < SEVERITIES["clinical"].drift_fraction < SEVERITIES["severe"].drift_fraction
-    assert SEVERITIES["mild"].gap_fraction < SEVERITIES["clinical"].gap_fraction < SEVERITIES["severe"].gap_fraction
+    mild, clinical, severe = SEVERITIES["mild"], SEVERITIES["clinical"], SEVERITIES["severe"]
+    assert mild.drift_fraction < clinical.drift_fraction < severe.drift_fraction
+    assert mild.gap_fraction < clinical.gap_fraction < severe.gap_fraction

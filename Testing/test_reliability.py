@@ -266,7 +266,8 @@ def test_blank_slices_are_nothing_to_segment_unless_forced(files, slab, capsys, 
     assert not files.out.exists()
     code, _ = _run(capsys, *args, "--force")
     assert code == 0 and files.out.exists()
-    result = segment(blank, curve, backend, load_prior("sam-track", backend), SegmentParams(intensity_preset="ct-angio"))
+    result = segment(blank, curve, backend, load_prior("sam-track", backend),
+                     SegmentParams(intensity_preset="ct-angio"))
     per_slice = blank.with_array(result.mask).slices().reshape(blank.num_slices, -1).sum(1)
     assert per_slice[3:9].sum() == 0, "no mask on slices without an image"
     assert (per_slice[[0, 1, 10, 11]] > 0).all(), "the slices with an image are segmented"
@@ -365,8 +366,9 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_
 MARKUP = st.fixed_dictionaries({"type": st.sampled_from(["Curve", "Fiducial", "ClosedCurve", "Line", "Plane", 3]),
                                 "coordinateSystem": st.sampled_from(["LPS", "RAS", "XYZ", None]),
                                 "controlPoints": st.lists(st.fixed_dictionaries(
-                                    {"position": st.lists(st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=2)
-                                                          | st.integers(), min_size=0, max_size=4),
+                                    {"position": st.lists(st.floats(allow_nan=True, allow_infinity=True)
+                                                          | st.text(max_size=2) | st.integers(),
+                                                          min_size=0, max_size=4),
                                      "positionStatus": st.sampled_from(["defined", "undefined", "preview"])}),
                                     max_size=6)})
 

@@ -510,3 +510,21 @@ def test_fill_gaps_off_reaches_the_run_and_leaves_the_gap_empty(open_page, artef
     voxels = [s["voxels"] for s in empty["segments"]]
     assert len(voxels) == 2 and 0 < voxels[1] < voxels[0], voxels
     page.screenshot(path=str(artefacts / "fill-gaps-off.png"))
+
+
+def test_the_solid_organ_box_reaches_the_run(open_page, artefacts):
+    """The "solid organ" box (off by default) sets the run's wider window where the structure is thick
+    (``thick_context``); it is greyed out for prompts other than spd, which ignore it."""
+    from SPDSegmentLib.frontends.web.run_panel import THICK_CONTEXT
+
+    page = open_page("solid-organ")
+    load_centerline(page, "run.mrk.json")
+    assert not page.is_checked("#spd-thick")
+    page.click("#spd-thick")
+    wait_for(lambda: page.is_checked("#spd-thick"), 10, "the box to tick")
+    done = run_to_end(page)
+    assert done["message_type"] in ("success", "warning"), done["message"]
+    assert done["run_params"]["thick_context"] == THICK_CONTEXT, "the box's state reached the run"
+    choose(page, "spd-method", "raw")
+    wait_for(lambda: page.is_disabled("#spd-thick"), 10, "the box to grey out for raw prompts")
+    page.screenshot(path=str(artefacts / "solid-organ.png"))

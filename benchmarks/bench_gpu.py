@@ -165,7 +165,8 @@ def spd_vs_plain(volume: Volume, centerline: Centerline, plain_boxes: dict[int, 
 
         setattr(backend, name, timed)
     start = time.perf_counter()
-    result = segment(volume, centerline, backend, load_prior("sam-track", backend), SegmentParams(intensity_preset=PRESET))
+    result = segment(volume, centerline, backend, load_prior("sam-track", backend),
+                     SegmentParams(intensity_preset=PRESET))
     torch.cuda.synchronize()
     total = time.perf_counter() - start
     t = result.timings
@@ -190,7 +191,8 @@ def batching_ab(backend, volume: Volume, centerline: Centerline, pairs: int = 2)
         backend.start_cold()
         torch.cuda.synchronize()
         start = time.perf_counter()
-        result = segment(volume, centerline, backend, load_prior("sam-track", backend), SegmentParams(intensity_preset=PRESET))
+        result = segment(volume, centerline, backend, load_prior("sam-track", backend),
+                         SegmentParams(intensity_preset=PRESET))
         torch.cuda.synchronize()
         runs[mode].append((time.perf_counter() - start, result.timings["saliency"]))
     backend.batch_decodes = True

@@ -188,14 +188,17 @@ small = read_volume(sample_data.path("abdomen_ct_dicom/image"))
 image = volume_to_sitk(small)
 size = [512, 512, 300]
 spacing = [image.GetSpacing()[0], image.GetSpacing()[1], image.GetSpacing()[2] * image.GetSize()[2] / 300]
-big = sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), spacing, image.GetDirection(), -1000)
+big = sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), spacing,
+                    image.GetDirection(), -1000)
 array = sitk.GetArrayFromImage(big).astype(np.int16)
 volume = Volume(array, small.ijk_to_ras @ np.diag([1, 1, spacing[2] / image.GetSpacing()[2], 1]), "ct512")
 label = read_label(sample_data.path("abdomen_ct_dicom/labels.nii.gz"), volume, label_value=52)
 centerline = centerline_from_label(volume, label)
 backend = load_backend("litemedsam", device=sys.argv[1])
-result = segment(volume, centerline, backend, load_prior("sam-track", backend), SegmentParams(intensity_preset="ct-abdomen"))
-print(json.dumps({"slices": len(result.processed_slices), "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+result = segment(volume, centerline, backend, load_prior("sam-track", backend),
+                 SegmentParams(intensity_preset="ct-abdomen"))
+rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"slices": len(result.processed_slices), "rss_mb": rss_mb}))
 """
 
 

@@ -193,14 +193,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--decoder", help="a mask decoder from train-decoder; the cases it trained on are left out")
     parser.add_argument("--tag", default="default", help="name of this variant in the output file")
     args = parser.parse_args(argv)
-    tracking_over, segment_over = parse_overrides(args.tracking, TrackingParams), parse_overrides(args.segment, SegmentParams)
+    tracking_over = parse_overrides(args.tracking, TrackingParams)
+    segment_over = parse_overrides(args.segment, SegmentParams)
     if "method" in segment_over:
         raise SystemExit("the method is not a variant: the study runs raw and spd")
     if (tracking_over or segment_over or args.decoder) and args.tag == "default":
         raise SystemExit("name the variant with --tag (the tag 'default' is for the run without overrides)")
     target = Path(args.out, f"param_variants_seed{args.seed}_{args.tag}.jsonl")
     if target.exists():
-        raise SystemExit(f"{target} exists: choose another --tag or --out, or remove it (a baseline is never overwritten)")
+        raise SystemExit(f"{target} exists: choose another --tag or --out, or remove it (a baseline is never "
+                         "overwritten)")
     baseline = None
     if args.baseline:
         baseline = [json.loads(line) for line in Path(args.baseline).read_text().splitlines() if line.strip()]

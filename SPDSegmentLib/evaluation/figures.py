@@ -83,7 +83,8 @@ def overlay_png(result, path: str | Path, label_kji: np.ndarray | None = None, s
     return _save(fig, path, title, legend, fontsize=9, dpi=110)
 
 
-def panel_slices(label_src: np.ndarray, first: np.ndarray, second: np.ndarray, decisions: dict, count: int = 3) -> list[int]:
+def panel_slices(label_src: np.ndarray, first: np.ndarray, second: np.ndarray, decisions: dict,
+                 count: int = 3) -> list[int]:
     """Slices that tell the story of a case: where two methods' masks differ most on the label,
     where CPD rejected the most points (a drift), and a slice the structure was carried into
     without a trusted point (a gap or a rejected stretch filled)."""

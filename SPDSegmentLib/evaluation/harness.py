@@ -44,8 +44,8 @@ from .metrics import evaluate
 from .noise import SEVERITIES, simulate
 from .skeleton import centerline_from_label
 
-METHODS = ("raw", "random", "box", "local", "spd-votes", "spd-continuity", "spd-propagation", "spd-extent", "spd-gate", "spd",
-           "spd+psc", "spd-prior2", "oracle-prior", "label-box")
+METHODS = ("raw", "random", "box", "local", "spd-votes", "spd-continuity", "spd-propagation", "spd-extent", "spd-gate",
+           "spd", "spd+psc", "spd-prior2", "oracle-prior", "label-box")
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,8 @@ class PromptMethod:
     propagate: bool = True
     consistency: bool = False
     random_half: bool = False
-    leak_limit: bool = True  # the final pass's leak limit (SegmentParams.leak_limit); off in the ablation rows before spd
+    leak_limit: bool = True  # the final pass's leak limit (SegmentParams.leak_limit); off in the ablation rows
+    # before spd
 
 
 PROMPT_METHODS = {
@@ -244,8 +245,8 @@ def evaluate_case(case: Case, backend, config: EvalConfig, severity: str, progre
                 shared.setdefault(key, results[name].saliency_maps)
         elif method == "oracle-prior":
             oracle = {t: (ref[t] > 0).astype(np.float32) for t in range(len(ref))}
-            results[name] = _run(volume, centerline, backend, priors.get(config.prior) or load_prior(config.prior, backend),
-                                 SegmentParams(method="spd", **base), oracle)
+            prior = priors.get(config.prior) or load_prior(config.prior, backend)
+            results[name] = _run(volume, centerline, backend, prior, SegmentParams(method="spd", **base), oracle)
         elif method == "spd-prior2":
             results[name] = _run(volume, centerline, backend, second, SegmentParams(method="spd", **base), None)
         elif method == "box":

@@ -124,8 +124,8 @@ def run_batch(cases_dir: str | Path, out_dir: str | Path, options: EngineOptions
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
         client = Client(scheduler or cluster)
         try:
-            futures = [client.submit(segment_study, str(s.folder), str(out_dir), options, pure=False, key=f"study-{s.name}")
-                       for s in studies]
+            futures = [client.submit(segment_study, str(s.folder), str(out_dir), options, pure=False,
+                                     key=f"study-{s.name}") for s in studies]
             records = []
             for future in as_completed(futures):
                 record = future.result()

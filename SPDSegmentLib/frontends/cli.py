@@ -288,7 +288,8 @@ def cmd_segment(args) -> int:
     name = args.segment_name or centerline.name
     write_segmentation(checked.volume, {name: result.mask}, args.out, overwrite=args.overwrite)
     if args.saliency_out:
-        write_volume(checked.volume.with_array(result.saliency, "saliency"), args.saliency_out, overwrite=args.overwrite)
+        write_volume(checked.volume.with_array(result.saliency, "saliency"), args.saliency_out,
+                     overwrite=args.overwrite)
     if args.prompts_out:
         write_markups(args.prompts_out, audit_markups(result), overwrite=args.overwrite)
     if args.png:
@@ -312,8 +313,8 @@ def _refuse_per_run_options(args) -> None:
     if given:
         raise ValueError(f"{args.command} compares methods, each with its own switches: {', '.join(given)} would be "
                          "ignored; choose the methods with --methods (spd-propagation is spd-continuity plus "
-                         "propagation, spd-extent is spd-gate without the appearance gate, spd-gate is spd without the leak "
-                         "limit, spd+psc is spd with slice consistency, raw and local are their own methods; "
+                         "propagation, spd-extent is spd-gate without the appearance gate, spd-gate is spd without "
+                         "the leak limit, spd+psc is spd with slice consistency, raw and local are their own methods; "
                          "no method uses --fallback peak)")
 
 

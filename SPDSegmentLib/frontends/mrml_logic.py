@@ -161,7 +161,8 @@ class SPDSegmentMRMLLogic:
 
     def validateInputs(self, volumeNode, centerlineNode, segmentationNode=None, segmentName: str = "SPD",
                        method: str = "spd", tau: float | None = None, context: int = 2,
-                       intensityPreset: str = "auto", maskNonFinite: bool = False):
+                       intensityPreset: str = "auto", maskNonFinite: bool = False,
+                       thickContext: int | None = None):
         """Every check that needs no model (numpy and scipy only), so a front end can refuse bad
         inputs before offering to install or load anything. Returns the engine inputs."""
         from SPDSegmentLib.method.checks import InputRefused, preflight
@@ -172,7 +173,8 @@ class SPDSegmentMRMLLogic:
         self.checkOutputNode(segmentationNode)
         if not segmentName or not segmentName.strip():
             raise SPDInputError("give the new segment a name")
-        params = SegmentParams(method=method, tau=tau, context=context, intensity_preset=intensityPreset)
+        params = SegmentParams(method=method, tau=tau, context=context, thick_context=thickContext or None,
+                               intensity_preset=intensityPreset)
         try:
             params.validate()
             return volume, centerline, preflight(volume, centerline, params, mask_nonfinite=maskNonFinite)
@@ -182,8 +184,8 @@ class SPDSegmentMRMLLogic:
     def process(self, volumeNode, centerlineNode, segmentationNode=None, segmentName: str = "SPD",
                 method: str = "spd", backend: str = "litemedsam", checkpoint: str | None = None,
                 decoder: str | None = None, prior: str | None = None, tau: float | None = None,
-                context: int = 2, consistency: bool = False, fallback: str = "empty", propagate: bool = True,
-                limitLeaks: bool = True,
+                context: int = 2, thickContext: int | None = None, consistency: bool = False,
+                fallback: str = "empty", propagate: bool = True, limitLeaks: bool = True,
                 intensityPreset: str = "auto", device: str = "auto", runtime: str = "auto",
                 showSaliency: bool = False, showPrompts: bool = True, maskNonFinite: bool = False,
                 force: bool = False, progress: Callable[[float, str], None] | None = None,
@@ -194,7 +196,9 @@ class SPDSegmentMRMLLogic:
         segment and prompt lists instead of adding new ones. Inputs are checked before any model is
         loaded, and the scene changes only after the engine has finished, so a refused, cancelled or
         failed run leaves the scene exactly as it was. A re-run reuses every embedding and every
-        decoded mask whose slice and prompt did not change, so it costs only the edited slices."""
+        decoded mask whose slice and prompt did not change, so it costs only the edited slices.
+        ``thickContext`` (0 or None: off) lets CPD borrow from that many slices per side where the
+        structure is thick (``SegmentParams.thick_context``: solid organs)."""
         from SPDSegmentLib.method.checks import InputRefused, preflight
         from SPDSegmentLib.method.pipeline import NothingToSegment, SegmentParams, segment
         from SPDSegmentLib.method.saliency import load_prior
@@ -204,8 +208,9 @@ class SPDSegmentMRMLLogic:
         self.checkOutputNode(segmentationNode)
         if not segmentName or not segmentName.strip():
             raise SPDInputError("give the new segment a name")
-        params = SegmentParams(method=method, tau=tau, context=context, consistency=consistency,
-                               fallback=fallback, propagate=propagate, intensity_preset=intensityPreset,
+        params = SegmentParams(method=method, tau=tau, context=context, thick_context=thickContext or None,
+                               consistency=consistency, fallback=fallback, propagate=propagate,
+                               intensity_preset=intensityPreset,
                                **({} if limitLeaks else {"leak_limit": None}))
         try:
             params.validate()

@@ -145,13 +145,14 @@ def check_centerline(volume: Volume, centerline: Centerline, step_mm: float = 1.
     inside = np.all((src >= -0.5) & (src <= shape - 0.5), axis=1)
     if not in_range.any():
         raise CenterlineOutsideVolume(
-            f"the centerline '{centerline.name}' does not pass through the volume '{volume.name}' (it misses all its slices). Check "
-            "that both are in the same space (a parent transform not applied?) and belong to the same scan")
+            f"the centerline '{centerline.name}' does not pass through the volume '{volume.name}' (it misses all "
+            "its slices). Check that both are in the same space (a parent transform not applied?) and belong to "
+            "the same scan")
     fraction = float(inside[in_range].mean())
     if fraction < MIN_INSIDE_FRACTION:
         raise CenterlineOutsideVolume(
-            f"only {100 * fraction:.0f}% of the centerline '{centerline.name}' (on the volume's slices) lies inside the volume "
-            f"'{volume.name}'. Check that both are in the same space: a parent transform not applied, or a "
+            f"only {100 * fraction:.0f}% of the centerline '{centerline.name}' (on the volume's slices) lies inside "
+            f"the volume '{volume.name}'. Check that both are in the same space: a parent transform not applied, or a "
             "file saved in another coordinate system (LPS vs RAS)")
     return src[inside]
 

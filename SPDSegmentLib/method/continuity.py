@@ -309,7 +309,8 @@ class Tracker:
         shape = self.slices_u8[t].shape
         r, c = centre_rc
         ri, ci = int(round(min(max(r, 0), shape[0] - 1))), int(round(min(max(c, 0), shape[1] - 1)))
-        sizes = [h for h in SEED_HALF_SIZES_MM if not (h / self.spacing[0] > shape[0] and h / self.spacing[1] > shape[1])]
+        sizes = [h for h in SEED_HALF_SIZES_MM
+                 if not (h / self.spacing[0] > shape[0] and h / self.spacing[1] > shape[1])]
         boxes = [_clip_box(r - h / self.spacing[0], c - h / self.spacing[1], r + h / self.spacing[0],
                            c + h / self.spacing[1], shape) for h in sizes]
         self._prefetch(t, boxes)  # all sizes in one call where that pays (CUDA); the CPU decodes lazily
@@ -376,7 +377,8 @@ class Tracker:
                 best = (mask, score)
         return best
 
-    def follow(self, t: int, previous: np.ndarray, reference_area: float | None = None) -> tuple[np.ndarray, float] | None:
+    def follow(self, t: int, previous: np.ndarray,
+               reference_area: float | None = None) -> tuple[np.ndarray, float] | None:
         """The object's mask on slice t from a box around its mask on the neighbouring slice, grown
         once when it runs along the box edge; None when the gates fail."""
         p = self.params
@@ -436,7 +438,8 @@ class Tracker:
                 continue
             m = o.masks[t]
             holds = bool(m[r, c])
-            if not holds and not m[max(r - reach[0], 0): r + reach[0] + 1, max(c - reach[1], 0): c + reach[1] + 1].any():
+            near = m[max(r - reach[0], 0): r + reach[0] + 1, max(c - reach[1], 0): c + reach[1] + 1]
+            if not holds and not near.any():
                 continue
             key = (not holds, float(m.sum()), o.oid)
             if best_key is None or key < best_key:

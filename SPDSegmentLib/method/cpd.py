@@ -119,6 +119,7 @@ def _add_peak(decision: SliceDecision, t: int, prompts: SlicePrompts, saliency: 
         decision.flags.append("fallback-peak")
 
 
-def distill(prompts: SlicePrompts, saliency: dict[int, np.ndarray], slices: list[int], **kwargs) -> dict[int, SliceDecision]:
+def distill(prompts: SlicePrompts, saliency: dict[int, np.ndarray], slices: list[int],
+            **kwargs) -> dict[int, SliceDecision]:
     """:func:`distill_slice` for every slice in ``slices``."""
     return {t: distill_slice(t, prompts, saliency, **kwargs) for t in slices}

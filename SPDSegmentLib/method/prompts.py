@@ -3,9 +3,9 @@
 A curve (ordered, any density) yields, on every slice, the points where its segments cross
 the slice plane, interpolated exactly: a tortuous curve (aortic arch, bowel loop) crosses a slice
 several times; where the curve runs inside a slice for more than two slice thicknesses, that
-slice also gets points along the run, one per slice thickness (``in_plane``, the default). A point list yields the points
-within half a voxel of each slice. On each slice the points are then grouped by in-plane proximity,
-so separate crossings stay separate prompt groups.
+slice also gets points along the run, one per slice thickness (``in_plane``, the default). A point
+list yields the points within half a voxel of each slice. On each slice the points are then grouped
+by in-plane proximity, so separate crossings stay separate prompt groups.
 
 A curve runs between its points as the user saw it drawn: straight (``linear``: curves made here,
 Slicer's own sampled curve points) or, for a curve read from a Slicer markups file, as the cardinal

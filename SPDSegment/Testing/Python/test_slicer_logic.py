@@ -252,7 +252,8 @@ def test_a_curve_file_is_read_as_the_curve_slicer_draws_and_prompts_as_the_modul
         assert from_file.path_ras().shape == drawn.shape
         np.testing.assert_allclose(from_file.path_ras(), drawn, atol=1e-3)  # Slicer stores float32
         np.testing.assert_allclose(from_file.points_ras, control, atol=1e-6)  # the control points, as read
-        engine, module = slice_prompts(from_file, slab), slice_prompts(SPDSegmentMRMLLogic.centerlineFromNode(node), slab)
+        engine = slice_prompts(from_file, slab)
+        module = slice_prompts(SPDSegmentMRMLLogic.centerlineFromNode(node), slab)
         assert engine.keys() == module.keys() and engine, f"{kind} of {n}: the same slices are prompted"
         for t in engine:
             a = np.array([[p.row, p.col] for p in engine[t]])

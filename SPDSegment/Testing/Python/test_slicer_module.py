@@ -394,7 +394,8 @@ CMAKE_STANDINS = r"""
 # each path, relative to the calling folder (or SOURCE_DIR), is copied to DESTINATION_DIR/<same path>,
 # unnormalised, so "../x.py" escapes; only DESTINATION_DIR is installed.
 macro(ctkMacroCompilePythonScript)
-  cmake_parse_arguments(MY "NO_INSTALL_SUBDIR;GLOBAL_TARGET" "TARGET_NAME;SOURCE_DIR;DESTINATION_DIR;INSTALL_DIR" "SCRIPTS;RESOURCES" ${ARGN})
+  cmake_parse_arguments(MY "NO_INSTALL_SUBDIR;GLOBAL_TARGET" "TARGET_NAME;SOURCE_DIR;DESTINATION_DIR;INSTALL_DIR"
+    "SCRIPTS;RESOURCES" ${ARGN})
   foreach(varname TARGET_NAME SCRIPTS DESTINATION_DIR INSTALL_DIR)
     if(NOT DEFINED MY_${varname})
       message(FATAL_ERROR "${varname} is mandatory")
@@ -414,9 +415,11 @@ endmacro()
 macro(slicerMacroBuildScriptedModule)
   cmake_parse_arguments(MY_SLICER "WITH_GENERIC_TESTS;WITH_SUBDIR;VERBOSE" "NAME" "SCRIPTS;RESOURCES" ${ARGN})
   if(MY_SLICER_UNPARSED_ARGUMENTS)
-    message(FATAL_ERROR "Unknown keywords given to slicerMacroBuildScriptedModule(): \"${MY_SLICER_UNPARSED_ARGUMENTS}\"")
+    message(FATAL_ERROR
+      "Unknown keywords given to slicerMacroBuildScriptedModule(): \"${MY_SLICER_UNPARSED_ARGUMENTS}\"")
   endif()
-  ctkMacroCompilePythonScript(TARGET_NAME ${MY_SLICER_NAME} SCRIPTS "${MY_SLICER_SCRIPTS}" RESOURCES "${MY_SLICER_RESOURCES}"
+  ctkMacroCompilePythonScript(TARGET_NAME ${MY_SLICER_NAME}
+    SCRIPTS "${MY_SLICER_SCRIPTS}" RESOURCES "${MY_SLICER_RESOURCES}"
     DESTINATION_DIR ${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}
     INSTALL_DIR ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR} NO_INSTALL_SUBDIR)
 endmacro()
@@ -466,7 +469,8 @@ def test_the_self_test_says_what_it_skipped_without_dependencies(monkeypatch):
     import SPDSegment
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "segment_anything" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "segment_anything" else real(name, *a))
     SPDSegment.SPDSegmentTest("runTest").runTest()
     messages = [text for kind, text in DIALOGS if kind == "delay"]
     assert any("SKIPPED the full segmentation (missing Python packages: segment_anything)" in t for t in messages)
@@ -582,7 +586,8 @@ def test_the_status_line_says_when_the_leak_limit_changed_slices():
 
     volume, curve, _truth = _tube_scene()
     p = widget._parameterNode
-    p.inputVolume, p.centerline, p.intensityPreset, p.device, p.outputSegmentation = volume, curve, "ct-angio", "cpu", None
+    p.inputVolume, p.centerline, p.intensityPreset, p.device = volume, curve, "ct-angio", "cpu"
+    p.outputSegmentation = None
     real_process = widget.logic.process
 
     def process_with_two_limited_slices(*args, **kwargs):
@@ -594,3 +599,28 @@ def test_the_status_line_says_when_the_leak_limit_changed_slices():
     widget.logic.process = process_with_two_limited_slices
     _apply(widget)
     assert "2 slice(s)" in widget.ui.statusLabel.text and "Advanced > Limit leaks" in widget.ui.statusLabel.text
+
+
+def test_the_wider_window_where_thick_reaches_the_run_and_is_kept_in_the_scene():
+    """The panel's "Wider window where thick" (parameter ``thickContext``, 0 = off by default) sets
+    the run's ``thick_context``: off, none (the paper's n everywhere); 3, CPD borrows from 3 slices
+    per side where the structure is thick. The segment's parameter tag records it, and the module
+    entered again shows the choice kept in the parameter node. (What the wider window does to a
+    mask is tested on real CT in Testing/test_pipeline.py.)"""
+    widget = _widget()
+    assert widget._parameterNode.thickContext == 0 and widget.ui.thickContextSpinBox.value == 0
+    assert widget.ui.thickContextSpinBox.property("specialValueText") == "off"
+    volume, curve, _truth = _tube_scene()
+    p = widget._parameterNode
+    p.inputVolume, p.centerline, p.intensityPreset, p.device = volume, curve, "ct-angio", "cpu"
+    for window, expected in ((0, None), (3, 3)):
+        p.thickContext, p.outputSegmentation = window, None
+        out = _apply(widget)
+        assert out.summary["params"]["thick_context"] == expected
+        tag = vtk.reference("")
+        assert out.segmentationNode.GetSegmentation().GetSegment(out.segmentId).GetTag("SPDSegment.parameters", tag)
+        assert f"'thick_context': {expected}" in tag.get(), tag.get()
+    with pytest.raises(ValueError):
+        p.thickContext = 11  # WithinRange(0, 10), as the spin box's maximum
+    again = _widget()
+    assert again.ui.thickContextSpinBox.value == 3

@@ -177,6 +177,7 @@ class RunRequest:
     tau: float | None = None
     intensity_preset: str = "auto"
     propagate: bool = True
+    thick_context: int | None = None  # CPD's wider window where the structure is thick (None: off)
     device: str = "auto"
     extra: dict = field(default_factory=dict)
 
@@ -216,7 +217,7 @@ def start_run(engine: SharedEngine, logic: SessionLogic, request: RunRequest,
         return logic.process(request.volume_node, request.centerline_node, request.segmentation_node,
                              segmentName=request.segment_name, method=request.method, prior=request.prior,
                              tau=request.tau, intensityPreset=request.intensity_preset, propagate=request.propagate,
-                             device=request.device,
+                             thickContext=request.thick_context, device=request.device,
                              showSaliency=True, showPrompts=True, progress=handle.progress,
                              cancel=lambda: handle.cancelled, **request.extra)
 

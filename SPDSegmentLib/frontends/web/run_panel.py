@@ -1,5 +1,6 @@
-"""Run panel: method, prior, tau, window and gap filling; Run with a progress bar and Cancel; review of the result
-(kept / rejected / borrowed prompts as coloured markups, the saliency overlay, the warnings)."""
+"""Run panel: method, prior, tau, window, gap filling and the solid-organ window; Run with a progress bar and
+Cancel; review of the result (kept / rejected / borrowed prompts as coloured markups, the saliency overlay, the
+warnings)."""
 from __future__ import annotations
 
 import asyncio
@@ -10,6 +11,7 @@ from trame.widgets import html
 from trame.widgets import vuetify3 as v3
 
 from ...method.cpd import MODES
+from ...method.pipeline import SegmentParams
 from ...method.windowing import PRESETS
 from ..mrml_logic import PROMPT_COLORS, ProcessOutput, SPDInputError
 from .context import SessionContext
@@ -20,6 +22,13 @@ log = logging.getLogger(__name__)
 TRAINING_FREE_PRIORS = ("sam-track", "sam-track-gated", "sam-track-ungated", "sam-votes", "intensity")
 SALIENCY_OPACITY = 0.5
 SALIENCY_COLORS = "vtkMRMLColorTableNodeWarm1"  # yellow (low) -> orange -> red (high)
+THICK_CONTEXT = 3  # the "solid organ" box: CPD's window where the structure is thick (the measured setting)
+
+
+_THICK_HELP = (f"Where the structure is {SegmentParams.thick_radius_mm:g} mm or more in radius at the points, each "
+               f"slice borrows points from {THICK_CONTEXT} slices per side instead of {SegmentParams.context}. Off "
+               "by default: on the sample cases it gained solid organs up to 11 Dice points and cost a colon "
+               "and an MR kidney up to 8.")
 
 
 def _prior_choices() -> list[str]:
@@ -47,6 +56,7 @@ class RunPanel:
         state.tau = 0.5
         state.intensity_preset = "auto"
         state.propagate = True
+        state.thick_window = False
         state.intensity_presets = list(PRESETS)
         state.running = False
         state.progress = 0
@@ -73,6 +83,7 @@ class RunPanel:
                              segmentation_node=ctx.segmentation_node, segment_name="SPD", method=state.method,
                              prior=state.prior, tau=None if state.tau_auto else float(state.tau),
                              intensity_preset=state.intensity_preset, propagate=bool(state.propagate),
+                             thick_context=THICK_CONTEXT if state.thick_window else None,
                              device=ctx.engine.device)
         handle = RunHandle(asyncio.get_event_loop(), self._progress)
         queued = ctx.engine.busy
@@ -207,6 +218,9 @@ class RunPanel:
                            density="compact", hide_details=True, id="spd-preset", disabled=("running",))
                 v3.VCheckbox(v_model=("propagate",), label="fill gaps with the tracked structure", density="compact",
                              hide_details=True, id="spd-propagate", disabled=("running || method == 'raw'",))
+                v3.VCheckbox(v_model=("thick_window",), label=f"solid organ: borrow from {THICK_CONTEXT} slices "
+                             "where thick", density="compact", hide_details=True, id="spd-thick",
+                             disabled=("running || method != 'spd'",), title=_THICK_HELP)
                 with html.Div(classes="d-flex mt-2"):
                     v3.VBtn("Run", click=self.run, color="primary", size="small", id="spd-run",
                             disabled=("running || !volume_name || cl_points < 1",))
