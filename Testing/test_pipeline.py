@@ -174,3 +174,45 @@ def test_a_thick_structure_borrows_from_the_thick_window(cta_slab, cta_centerlin
     assert farthest(run(context=3, thick_context=2)) == 3, "the thick window only widens"
     with pytest.raises(ValueError, match="thick_context"):
         SegmentParams(thick_context=11).validate()
+
+
+def test_a_prior_many_times_wider_than_a_thin_structure_is_warned_about(backend):
+    """Real CT (the abdominal sample), portal and splenic vein. On mild noise (draw 1) drifted points
+    land on the liver and the continuity prior keeps it as part of the target: its region at the
+    kept points is over 100x the vein's cross-section, and the run warns, naming the ratio. On the
+    clean centerline the prior follows the vein (under 13x) and there is no such warning."""
+    from SPDSegmentLib.evaluation import sample_data
+    from SPDSegmentLib.evaluation.noise import simulate
+    from SPDSegmentLib.evaluation.skeleton import centerline_from_label
+    from SPDSegmentLib.io import read_volume, resample_like
+    from SPDSegmentLib.method.pipeline import WIDE_PRIOR_RATIO, prior_region_ratio, wide_prior_warning
+    from SPDSegmentLib.method.rendering import run_radius_px
+    from SPDSegmentLib.method.saliency import load_prior
+
+    volume = read_volume(sample_data.path("abdomen_ct/image.nii.gz"), "abdomen_ct")
+    value = next(v for v, name in sample_data.class_map("abdomen_ct").items() if name == "portal_vein_and_splenic_vein")
+    labels = resample_like(read_volume(sample_data.path("abdomen_ct/labels.nii.gz")), volume).array
+    label = (labels == value).astype(np.uint8)
+    clean = centerline_from_label(volume, label)
+    noisy = simulate(clean, volume, label, "mild", seed=1).centerline
+    ratios = {}
+    for name, curve in (("clean", clean), ("noisy", noisy)):
+        result = segment(volume, curve, backend, load_prior("sam-track", backend),
+                         SegmentParams(intensity_preset="ct-abdomen"))
+        spacing = min(result.volume.in_plane_spacing)
+        radius = run_radius_px(result.saliency_maps, {t: d.consensus for t, d in result.decisions.items()},
+                               result.tau, spacing)
+        ratios[name] = prior_region_ratio(result.decisions, result.saliency_maps, result.tau, radius)
+        wide = [w for w in result.warnings if "cross-section" in w]
+        assert radius * spacing < SegmentParams().thick_radius_mm, "a thin structure"
+        if name == "noisy":
+            assert ratios[name] > 100 and len(wide) == 1 and f"about {ratios[name]:.0f} times" in wide[0], wide
+        else:
+            assert ratios[name] < WIDE_PRIOR_RATIO and not wide, (ratios, wide)
+    raw = segment(volume, noisy, backend, load_prior("sam-track", backend),
+                  SegmentParams(method="raw", intensity_preset="ct-abdomen"))
+    assert not [w for w in raw.warnings if "cross-section" in w], "raw prompts use no prior to warn about"
+    # the rule's edges: at the ratio, and a structure as thick as the thick-window threshold
+    assert wide_prior_warning(WIDE_PRIOR_RATIO - 0.1, 5.0, 8.0) is None
+    assert wide_prior_warning(WIDE_PRIOR_RATIO, 5.0, 8.0) is not None
+    assert wide_prior_warning(100.0, 8.0, 8.0) is None and wide_prior_warning(None, 5.0, 8.0) is None

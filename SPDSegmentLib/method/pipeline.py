@@ -158,6 +158,40 @@ def prior_disagreement(decisions: dict[int, SliceDecision], prior) -> str | None
             "not fit this scan or anatomy; check the result, or use the training-free prior (sam-track)")
 
 
+WIDE_PRIOR_RATIO = 13.0  # the prior's region at the kept points, over this x the structure's cross-section
+
+
+def prior_region_ratio(decisions: dict[int, SliceDecision], saliency: dict[int, np.ndarray], tau: float,
+                       radius_px: float) -> float | None:
+    """How many times the structure's own cross-section (pi r^2, r the run's radius) the prior's region
+    around the user's kept points is: the median over the slices with such a region. About 1-5 where
+    the prior follows the structure; tens to a hundred where it also kept the organ a thin vessel runs
+    in, after drifted points landed on it. None without a kept point on the region."""
+    ratios = []
+    for t, d in decisions.items():
+        kept = [p for p in d.points if p.status == "kept"]
+        if not kept or t not in saliency:
+            continue
+        labels, _ = ndimage.label(saliency[t] > tau)
+        ids = sorted({int(labels[p.pixel]) for p in kept} - {0})
+        if ids:
+            ratios.append(float(np.isin(labels, ids).sum()) / (math.pi * radius_px ** 2))
+    return float(np.median(ratios)) if ratios else None
+
+
+def wide_prior_warning(ratio: float | None, radius_mm: float, thin_mm: float) -> str | None:
+    """A warning when a thin structure's prior region is many times its cross-section: borrowed points
+    then pass validation anywhere on the surrounding organ and may widen the boxes onto it. On the
+    unscored noise draws (docs/method.md, "A sign of a prior wider than a thin structure") this picked
+    portal veins only, and every portal-vein pair where SPD lost to raw prompts but one."""
+    if ratio is None or ratio < WIDE_PRIOR_RATIO or radius_mm >= thin_mm:
+        return None
+    return (f"the saliency prior's region around the centerline's points is about {ratio:.0f} times the "
+            f"cross-section of the structure they mark ({radius_mm:.1f} mm radius): it likely includes an organ or "
+            "tissue around a thin structure, and the result may reach into it; compare with method 'raw' "
+            "(the points as given)")
+
+
 def _check_cancel(cancel: CancelCheck | None) -> None:
     if cancel is not None and cancel():
         raise Cancelled("segmentation cancelled by the user")
@@ -300,6 +334,12 @@ def segment(volume: Volume, centerline: Centerline, backend, prior: SaliencyPrio
     with_points = params.box_with_points if params.box_with_points is not None else backend.prompt_mode != "box"
     ratio = params.propagate_radius_ratio
     propagate_limit_px = None if ratio is None else ratio * radius_px  # a thicker region is a neighbour
+    if params.method != "raw":
+        region_ratio = prior_region_ratio(decisions, saliency, tau, radius_px)
+        warning = wide_prior_warning(region_ratio, radius_px * spacing_px, params.thick_radius_mm)
+        if warning:
+            log.warning(warning)
+            warnings.append(warning)
 
     out = np.zeros((volume.num_slices, *volume.slice_shape), dtype=np.uint8)
     previous: np.ndarray | None = None
