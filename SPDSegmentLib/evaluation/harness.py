@@ -57,8 +57,7 @@ class PromptMethod:
     propagate: bool = True
     consistency: bool = False
     random_half: bool = False
-    leak_limit: bool = True  # the final pass's leak limit (SegmentParams.leak_limit); off in the ablation rows
-    # before spd
+    leak_limit: bool = True  # the final pass's (SegmentParams.leak_limit); off in the ablation rows before spd
 
 
 PROMPT_METHODS = {

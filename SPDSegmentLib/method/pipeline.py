@@ -54,8 +54,7 @@ class SegmentParams:
     thick_radius_mm: float = 8.0  # ... thick: the radius at the points kept on their own slice is at least this
     consistency: bool = False  # inference-time previous-slice guidance (one direction)
     propagate: bool = True  # slices without consensus points take the prior's region there as their prompt
-    propagate_radius_ratio: float | None = 3.0  # ... unless its inscribed radius exceeds this x the structure
-    # radius (None: no limit)
+    propagate_radius_ratio: float | None = 3.0  # ... unless its inscribed radius > this x the run's (None: no limit)
     fallback: str = "empty"  # empty | peak
     intensity_preset: str = "auto"
     group_distance_mm: float = 10.0
