@@ -163,9 +163,9 @@ WIDE_PRIOR_RATIO = 13.0  # the prior's region at the kept points, over this x th
 def prior_region_ratio(decisions: dict[int, SliceDecision], saliency: dict[int, np.ndarray], tau: float,
                        radius_px: float) -> float | None:
     """How many times the structure's own cross-section (pi r^2, r the run's radius) the prior's region
-    around the user's kept points is: the median over the slices with such a region. About 1-5 where
-    the prior follows the structure; tens to a hundred where it also kept the organ a thin vessel runs
-    in, after drifted points landed on it. None without a kept point on the region."""
+    around the user's kept points is: the median over the slices with such a region. 1-12 on the
+    sample's thin structures where the prior follows them; 14-150 where it also kept the organ a thin
+    vessel runs in, after drifted points landed on it. None without a kept point on the region."""
     ratios = []
     for t, d in decisions.items():
         kept = [p for p in d.points if p.status == "kept"]
@@ -182,7 +182,8 @@ def wide_prior_warning(ratio: float | None, radius_mm: float, thin_mm: float) ->
     """A warning when a thin structure's prior region is many times its cross-section: borrowed points
     then pass validation anywhere on the surrounding organ and may widen the boxes onto it. On the
     unscored noise draws (docs/method.md, "A sign of a prior wider than a thin structure") this picked
-    portal veins only, and every portal-vein pair where SPD lost to raw prompts but one."""
+    portal veins only, 3 of the 5 portal-vein pairs where SPD lost to raw prompts among them; on the
+    scored draw it picks none of SPD's losses, so it asks for a comparison and changes nothing."""
     if ratio is None or ratio < WIDE_PRIOR_RATIO or radius_mm >= thin_mm:
         return None
     return (f"the saliency prior's region around the centerline's points is about {ratio:.0f} times the "
