@@ -609,7 +609,9 @@ def test_the_wider_window_where_thick_reaches_the_run_and_is_kept_in_the_scene()
     mask is tested on real CT in Testing/test_pipeline.py.)"""
     widget = _widget()
     assert widget._parameterNode.thickContext == 0 and widget.ui.thickContextSpinBox.value == 0
-    assert widget.ui.thickContextSpinBox.property("specialValueText") == "off"
+    box = widget.ui.thickContextSpinBox
+    assert box.property("specialValueText") == "off" and (box.minimum, box.maximum) == (0, 10), \
+        "0 is the box's minimum (the connector sets the range from WithinRange), so Qt shows it as 'off'"
     volume, curve, _truth = _tube_scene()
     p = widget._parameterNode
     p.inputVolume, p.centerline, p.intensityPreset, p.device = volume, curve, "ct-angio", "cpu"
