@@ -133,7 +133,8 @@ def _pairs(args: tuple[str, list[str], int, list[str], dict, dict, str, str | No
         from SPDSegmentLib.training.decoder import load_decoder
 
         load_decoder(backend, decoder)
-        names = [n for n in names if n not in decoder_training_cases(decoder)]
+        trained = decoder_training_cases(decoder)  # read the file once, not once per case
+        names = [n for n in names if n not in trained]
     prior = TrackPrior(params=TrackingParams(**tracking_over))
     out = []
     for pair in draws.drawn_pairs(cases_dir, names, severities, seed):

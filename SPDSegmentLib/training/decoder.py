@@ -178,7 +178,8 @@ def train_decoder(cases_dir, out, backend, prior, val_cases: tuple[str, ...] = (
                "val_dice_before": before[prompts], "val_dice_after": after[prompts],
                "point_only_val_dice_before": before["points"], "point_only_val_dice_after": after["points"],
                "train_cases": sorted(by_case), "val_cases": sorted(val_names), "train_slices": len(train),
-               "seconds": time.perf_counter() - start, "prompts": "points"}
+               "seconds": time.perf_counter() - start,
+               "prompts": "points"}  # the backend's prompt mode with this decoder (load_decoder); not trained_on
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     torch.save({"format": DECODER_FORMAT, "metadata": json.dumps(summary),
                 "state_dict": sam.mask_decoder.state_dict()}, str(out))
