@@ -4,12 +4,14 @@
     .venv/bin/python studies/slice_rules.py --load studies_out/slices_seed1.pkl ...   (score again)
 
 Why: a rule that only removes or swaps whole slices of a run (empty a slice, take raw's mask on it)
-can be scored exactly from per-slice areas and overlaps with the label. One recorded run of `raw` and
-`spd` per pair then scores any number of such rules in seconds, where re-running each would take the
-evaluation's hour. The script records, per processed slice, the label's area, raw's and spd's mask
-areas and overlaps, the slice's own / kept / borrowed point counts, its flags and the prior's area,
-then prints each rule's mean DSC and its losses to raw (SPD < raw - 0.01), the figures the adoption
-rule of docs/method.md reads ("fewer losses and no lower mean, on one draw and then another").
+can be scored exactly from per-slice areas and overlaps with the label. One recorded run of `raw`,
+`local` and `spd` per pair then scores any number of such rules in seconds, where re-running each
+would take the evaluation's hour. The script records, per processed slice, the label's area, the three
+masks' areas and overlaps, SAM's predicted IoU of raw's and spd's decodes, the slice's own / kept /
+borrowed point counts, its flags and the prior's area, and per pair the run's structure radius (the
+one the pipeline sizes boxes by). Rules may read all of that, never the label. It then prints each
+rule's mean DSC and its losses to raw (SPD < raw - 0.01), the figures the adoption rule of
+docs/method.md reads ("fewer losses and no lower mean, on one draw and then another").
 
 Seed 0 is the evaluation's scored draw (README, docs/evaluation): it is refused, so no rule is ever
 chosen on a case it is scored on. As a check of the bookkeeping, the rule that changes nothing must
@@ -19,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 
@@ -30,39 +34,105 @@ if STUDIES not in sys.path:  # the shared _draws, also when this study is loaded
     sys.path.insert(0, STUDIES)
 import _draws as draws
 
+from SPDSegmentLib.method.pipeline import SegmentParams
+
+THIN_MM = SegmentParams().thick_radius_mm  # the pipeline's line between a thin structure and a thick one
+METHODS = ("spd", "raw", "local")  # spd first: the other two run on its maps, as in the evaluation
 Rule = Callable[[dict, dict], "tuple[int, int] | None"]  # (slice, pair) -> replacement (area, overlap) or None
 
 
+class _SamScores:
+    """SAM's predicted IoU of each decode of a run's main pass, by the slice being segmented.
+
+    The pipeline reports ``segmenting slice t`` before each slice's decodes; the prior's decodes come
+    before the first report and the leak limit's re-decodes after the last, and neither is counted."""
+
+    def __init__(self, backend, pipeline_module) -> None:
+        self._backend, self._pipeline = backend, pipeline_module
+        self._decode = backend.decode
+        self._own_decode = "decode" in vars(backend)  # an attribute of this backend, not its class's method
+        self._limit = pipeline_module._limit_leaks
+        self.slice: int | None = None
+        self.scores: dict[int, list[float]] = {}
+
+    def __enter__(self) -> Self:
+        """Count the backend's decodes, and stop counting when the leak limit starts, until exit."""
+        self._backend.decode = self.decode
+        self._pipeline._limit_leaks = self.limit_leaks
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._own_decode:
+            self._backend.decode = self._decode
+        else:
+            del self._backend.decode  # the class's method shows again
+        self._pipeline._limit_leaks = self._limit
+
+    def progress(self, fraction: float, message: str) -> None:
+        found = re.match(r"segmenting slice (\d+) ", message)
+        self.slice = int(found.group(1)) if found else None
+
+    def decode(self, emb, points_rc=None, box_rc=None):
+        out = self._decode(emb, points_rc, box_rc)
+        if self.slice is not None:
+            self.scores.setdefault(self.slice, []).append(out.score)
+        return out
+
+    def limit_leaks(self, *args, **kwargs):
+        self.slice = None
+        return self._limit(*args, **kwargs)
+
+    def per_slice(self) -> dict[int, float]:
+        return {t: float(np.mean(v)) for t, v in self.scores.items()}
+
+
 def _record(args: tuple[str, list[str], int, str]) -> list[dict]:
-    """Per-slice figures of raw and spd for some cases at one seed (one worker's share)."""
-    from SPDSegmentLib.evaluation.cases import find_cases
-    from SPDSegmentLib.evaluation.harness import EvalConfig, evaluate_case
+    """Per-slice figures of raw, local and spd for some cases at one seed (one worker's share). The
+    three run as the evaluation runs them (spd first; raw and local on spd's maps, without
+    propagation or the leak limit), with SAM's predicted IoU per slice for raw and spd."""
+    from SPDSegmentLib.evaluation.metrics import dice
+    from SPDSegmentLib.method import pipeline
+    from SPDSegmentLib.method.rendering import run_radius_px
+    from SPDSegmentLib.method.saliency import load_prior
 
     cases_dir, names, seed, cache_dir = args
     backend = draws.study_backend(cache_dir)
+    prior = load_prior("sam-track", backend)
     pairs = []
-    for case in (c for c in find_cases(cases_dir) if c.name in names):
-        for severity in draws.SEVERITIES:
-            rows, art = evaluate_case(case, backend, EvalConfig(methods=("raw", "spd"), seed=seed), severity)
-            volume = art["volume"]
-            label = volume.with_array(art["label"]).slices() > 0
-            masks = {m: volume.with_array(art["masks"][m]).slices() > 0 for m in ("raw", "spd")}
-            result = art["results"]["spd"]
-            with_points = sorted(t for t, p in result.prompts.items() if p)
-            per = []
-            for t in result.processed_slices:
-                d = result.decisions[t]
-                per.append({"t": t, "label": int(label[t].sum()),
-                            **{f"{m}_area": int(masks[m][t].sum()) for m in masks},
-                            **{f"{m}_overlap": int((masks[m][t] & label[t]).sum()) for m in masks},
-                            "own": len(result.prompts.get(t, [])), "kept": len(d.with_status("kept")),
-                            "borrowed": len(d.with_status("borrowed")), "flags": list(d.flags),
-                            "prior_area": int((result.saliency_maps[t] > result.tau).sum())})
-            pairs.append({"case": case.name, "severity": severity, "seed": seed,
-                          "dsc": {r["method"]: r["dsc"] for r in rows},
-                          "first": with_points[0], "last": with_points[-1], "label_total": int(label.sum()),
-                          "spd_total": (int(masks["spd"].sum()), int((masks["spd"] & label).sum())), "slices": per})
-            print(f"seed {seed} {case.name} {severity}", flush=True)
+    for pair in draws.drawn_pairs(cases_dir, names, list(draws.SEVERITIES), seed):
+        results, scores, maps = {}, {}, None
+        for method in METHODS:
+            extra = {} if method == "spd" else {"propagate": False, "leak_limit": None}
+            params = pipeline.SegmentParams(method=method, intensity_preset=pair.preset, **extra)
+            with _SamScores(backend, pipeline) as sam:
+                try:
+                    results[method] = pipeline.segment(pair.volume, pair.curve, backend, prior, params,
+                                                       progress=sam.progress, saliency=maps)
+                except pipeline.NothingToSegment as exc:
+                    results[method] = exc.result
+            maps = results["spd"].saliency_maps
+            scores[method] = sam.per_slice()
+        volume, label, result = pair.volume, pair.ref, results["spd"]
+        masks = {m: volume.with_array(r.mask).slices() > 0 for m, r in results.items()}
+        with_points = sorted(t for t, p in result.prompts.items() if p)
+        consensus = {t: d.consensus for t, d in result.decisions.items()}
+        spacing = min(volume.in_plane_spacing)
+        per = []
+        for t in result.processed_slices:
+            d = result.decisions[t]
+            per.append({"t": t, "label": int(label[t].sum()),
+                        **{f"{m}_area": int(masks[m][t].sum()) for m in masks},
+                        **{f"{m}_overlap": int((masks[m][t] & label[t]).sum()) for m in masks},
+                        **{f"{m}_sam_iou": scores[m].get(t) for m in ("raw", "spd")},
+                        "own": len(result.prompts.get(t, [])), "kept": len(d.with_status("kept")),
+                        "borrowed": len(d.with_status("borrowed")), "flags": list(d.flags),
+                        "prior_area": int((result.saliency_maps[t] > result.tau).sum())})
+        pairs.append({"case": pair.case, "severity": pair.severity, "seed": seed,
+                      "dsc": {m: dice(masks[m], label) for m in masks},
+                      "radius_mm": run_radius_px(result.saliency_maps, consensus, result.tau, spacing) * spacing,
+                      "first": with_points[0], "last": with_points[-1], "label_total": int(label.sum()),
+                      "spd_total": (int(masks["spd"].sum()), int((masks["spd"] & label).sum())), "slices": per})
+        print(f"seed {seed} {pair.case} {pair.severity}", flush=True)
     return pairs
 
 
@@ -100,12 +170,66 @@ def _end_larger_than(k: float) -> Rule:
     return rule
 
 
+def _thin(pair: dict) -> bool:
+    return pair["radius_mm"] < THIN_MM
+
+
+def _thin_local_where_wider(k: float) -> Rule:
+    """On a thin structure, a slice with kept and borrowed points takes local's mask (its kept points
+    alone) where spd's is over k x that: the borrowed points widened the box."""
+    def rule(s: dict, pair: dict):
+        if _thin(pair) and s["kept"] and s["borrowed"] and s["spd_area"] > k * s["local_area"]:
+            return s["local_area"], s["local_overlap"]
+        return None
+    return rule
+
+
+def _thin_raw_where_wider(k: float) -> Rule:
+    """The same with raw's mask (all the slice's own points) and spd's over k x raw's."""
+    def rule(s: dict, pair: dict):
+        if _thin(pair) and s["own"] and s["borrowed"] and s["spd_area"] > k * s["raw_area"]:
+            return s["raw_area"], s["raw_overlap"]
+        return None
+    return rule
+
+
+def _sam_prefers_raw_on_slice(margin: float) -> Rule:
+    """A slice with points of its own takes raw's mask where SAM's mean predicted IoU of raw's
+    decodes there beats spd's by more than ``margin``."""
+    def rule(s: dict, pair: dict):
+        raw, spd = s["raw_sam_iou"], s["spd_sam_iou"]
+        if s["own"] and raw is not None and spd is not None and raw > spd + margin:
+            return s["raw_area"], s["raw_overlap"]
+        return None
+    return rule
+
+
+def _run_sam_iou(pair: dict, method: str) -> float:
+    values = [s[f"{method}_sam_iou"] for s in pair["slices"] if s[f"{method}_sam_iou"] is not None]
+    return float(np.mean(values)) if values else 0.0
+
+
+def _sam_prefers_raw_run(margin: float) -> Rule:
+    """The whole run is raw's where SAM's predicted IoU, averaged over the run's slices, is higher
+    for raw's than for spd's by more than ``margin`` (both runs cover the same slices)."""
+    def rule(s: dict, pair: dict):
+        if _run_sam_iou(pair, "raw") > _run_sam_iou(pair, "spd") + margin:
+            return s["raw_area"], s["raw_overlap"]
+        return None
+    return rule
+
+
 RULES: dict[str, Rule] = {
     "spd (as run)": lambda s, pair: None,
     "nothing past the curve's ends": lambda s, pair: (0, 0) if _past_the_curve(s, pair) else None,
     **{f"past the ends, not over {k}x the end slice": _end_larger_than(k) for k in (0.8, 1.0, 1.5, 2.0)},
     "raw's mask where points were borrowed": lambda s, pair: (
         (s["raw_area"], s["raw_overlap"]) if s["borrowed"] and s["own"] else None),
+    "thin: nothing past the curve's ends": lambda s, pair: (0, 0) if _thin(pair) and _past_the_curve(s, pair) else None,
+    **{f"thin: local's mask where spd's is over {k}x": _thin_local_where_wider(k) for k in (1.0, 1.5, 2.0)},
+    **{f"thin: raw's mask where spd's is over {k}x": _thin_raw_where_wider(k) for k in (1.5, 2.0, 3.0)},
+    **{f"SAM's IoU, per slice: raw's where over spd's + {m}": _sam_prefers_raw_on_slice(m) for m in (0.0, 0.05, 0.1)},
+    **{f"SAM's IoU, per run: raw's where over spd's + {m}": _sam_prefers_raw_run(m) for m in (0.0, 0.02, 0.05)},
 }
 
 
