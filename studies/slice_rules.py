@@ -174,21 +174,15 @@ def _thin(pair: dict) -> bool:
     return pair["radius_mm"] < THIN_MM
 
 
-def _thin_local_where_wider(k: float) -> Rule:
-    """On a thin structure, a slice with kept and borrowed points takes local's mask (its kept points
-    alone) where spd's is over k x that: the borrowed points widened the box."""
-    def rule(s: dict, pair: dict):
-        if _thin(pair) and s["kept"] and s["borrowed"] and s["spd_area"] > k * s["local_area"]:
-            return s["local_area"], s["local_overlap"]
-        return None
-    return rule
+def _thin_where_wider(method: str, k: float) -> Rule:
+    """On a thin structure, a slice with borrowed points takes ``method``'s mask where spd's is over k x
+    that: the borrowed points widened the box. ``local`` (the slice's kept points alone) needs kept
+    points there, ``raw`` (all its own points) points of its own."""
+    needs = {"local": "kept", "raw": "own"}[method]
 
-
-def _thin_raw_where_wider(k: float) -> Rule:
-    """The same with raw's mask (all the slice's own points) and spd's over k x raw's."""
     def rule(s: dict, pair: dict):
-        if _thin(pair) and s["own"] and s["borrowed"] and s["spd_area"] > k * s["raw_area"]:
-            return s["raw_area"], s["raw_overlap"]
+        if _thin(pair) and s[needs] and s["borrowed"] and s["spd_area"] > k * s[f"{method}_area"]:
+            return s[f"{method}_area"], s[f"{method}_overlap"]
         return None
     return rule
 
@@ -226,8 +220,8 @@ RULES: dict[str, Rule] = {
     "raw's mask where points were borrowed": lambda s, pair: (
         (s["raw_area"], s["raw_overlap"]) if s["borrowed"] and s["own"] else None),
     "thin: nothing past the curve's ends": lambda s, pair: (0, 0) if _thin(pair) and _past_the_curve(s, pair) else None,
-    **{f"thin: local's mask where spd's is over {k}x": _thin_local_where_wider(k) for k in (1.0, 1.5, 2.0)},
-    **{f"thin: raw's mask where spd's is over {k}x": _thin_raw_where_wider(k) for k in (1.5, 2.0, 3.0)},
+    **{f"thin: local's mask where spd's is over {k}x": _thin_where_wider("local", k) for k in (1.0, 1.5, 2.0)},
+    **{f"thin: raw's mask where spd's is over {k}x": _thin_where_wider("raw", k) for k in (1.5, 2.0, 3.0)},
     **{f"SAM's IoU, per slice: raw's where over spd's + {m}": _sam_prefers_raw_on_slice(m) for m in (0.0, 0.05, 0.1)},
     **{f"SAM's IoU, per run: raw's where over spd's + {m}": _sam_prefers_raw_run(m) for m in (0.0, 0.02, 0.05)},
 }
