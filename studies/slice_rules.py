@@ -90,6 +90,7 @@ def _record(args: tuple[str, list[str], int, str]) -> list[dict]:
     """Per-slice figures of raw, local and spd for some cases at one seed (one worker's share). The
     three run as the evaluation runs them (spd first; raw and local on spd's maps, without
     propagation or the leak limit), with SAM's predicted IoU per slice for raw and spd."""
+    from SPDSegmentLib.evaluation.harness import PROMPT_METHODS
     from SPDSegmentLib.evaluation.metrics import dice
     from SPDSegmentLib.method import pipeline
     from SPDSegmentLib.method.rendering import run_radius_px
@@ -102,8 +103,9 @@ def _record(args: tuple[str, list[str], int, str]) -> list[dict]:
     for pair in draws.drawn_pairs(cases_dir, names, list(draws.SEVERITIES), seed):
         results, scores, maps = {}, {}, None
         for method in METHODS:
-            extra = {} if method == "spd" else {"propagate": False, "leak_limit": None}
-            params = pipeline.SegmentParams(method=method, intensity_preset=pair.preset, **extra)
+            spec = PROMPT_METHODS[method]  # the evaluation's switches for the method, not a copy of them
+            params = pipeline.SegmentParams(method=spec.cpd, propagate=spec.propagate, intensity_preset=pair.preset,
+                                            **({} if spec.leak_limit else {"leak_limit": None}))
             with _SamScores(backend, pipeline) as sam:
                 try:
                     results[method] = pipeline.segment(pair.volume, pair.curve, backend, prior, params,
