@@ -287,8 +287,8 @@ def _connector_for(widget: FakeWidget, annotation, param: str):
         if t is int:
             if cls == "QSlider" and bounds is None:
                 raise RuntimeError("Cannot have a connection to QSlider where the int type is unbounded.")
-            if bounds is not None:  # Slicer's QSliderOrSpinBoxToIntConnector sets the range from WithinRange
-                widget.minimum, widget.maximum = bounds.minimum, bounds.maximum
+            # Slicer's QSliderOrSpinBoxToIntConnector sets the range from WithinRange, else to the int32 range
+            widget.minimum, widget.maximum = (bounds.minimum, bounds.maximum) if bounds else (-2**31, 2**31 - 1)
             return "value"
         raise fail
     if cls in ("QDoubleSpinBox", "ctkSliderWidget", "qMRMLSliderWidget", "ctkDoubleSlider", "ctkDoubleSpinBox",

@@ -88,17 +88,23 @@ def test_the_widget_binds_every_parameter_to_its_widget(module):
     assert combo.nodeTypes == ["vtkMRMLMarkupsCurveNode", "vtkMRMLMarkupsFiducialNode"]
 
 
-def _bind(cls, widget_class: str):
+def _bound(cls, widget_class: str):
+    """connectGui's result and the widget it bound ``cls.value`` to."""
     node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScriptedModuleNode")
     wrapper = cls(node)
     widget = slicer_headless.FakeWidget(widget_class, "w", {"SlicerParameterName": "value"})
     widget.setMRMLScene(slicer.mrmlScene)
-    return wrapper.connectGui(types.SimpleNamespace(w=widget))
+    return wrapper.connectGui(types.SimpleNamespace(w=widget)), widget
+
+
+def _bind(cls, widget_class: str):
+    return _bound(cls, widget_class)[0]
 
 
 def test_the_stand_in_refuses_what_slicer_refuses():
     """Each rule the module once broke: an abstract node class on a node combo box, a str on a path
-    editor, a Union of nodes without None, a combo box without Choice, an unbounded slider."""
+    editor, a Union of nodes without None, a combo box without Choice, an unbounded slider; and the
+    range Slicer gives an int spin box without WithinRange."""
     @parameterNodeWrapper
     class Abstract:
         value: slicer.vtkMRMLMarkupsNode
@@ -147,6 +153,13 @@ def test_the_stand_in_refuses_what_slicer_refuses():
         level: Annotated[float, WithinRange(0, 1)] = 0.5
 
     assert _bind(Fine, "qMRMLNodeComboBox") == 1
+
+    @parameterNodeWrapper
+    class FreeInt:  # Slicer's int connector: WithinRange sets a spin box's range, else the int32 range
+        value: int = 3
+
+    spin_box = _bound(FreeInt, "QSpinBox")[1]
+    assert (spin_box.minimum, spin_box.maximum) == (-2**31, 2**31 - 1)
 
 
 def test_parameters_persist_in_the_scene_node_and_are_validated(module):
